@@ -1,0 +1,69 @@
+"""MNIST as uint8 tensors, the seeded validation split, and per-sample augmentation.
+
+Images stay uint8 28x28 until a batch is formed: augmentation runs per sample in a
+DataLoader worker (torchvision.transforms.v2), normalisation once per batch.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.datasets import MNIST
+from torchvision.transforms import v2
+
+from models.registry import MNIST_MEAN, MNIST_STD
+
+__all__ = ["AugmentedDigits", "Digits", "augmentation", "load_mnist", "normalise", "split_validation"]
+
+
+@dataclass(frozen=True)
+class Digits:
+    images: torch.Tensor  # N x 28 x 28 uint8, white digit on black
+    labels: torch.Tensor  # N int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> "Digits":
+        return Digits(self.images[index], self.labels[index])
+
+
+def load_mnist(data_dir: Path, *, train: bool, download: bool) -> Digits:
+    """The official training (60k) or test (10k) set in torchvision's layout under ``data_dir``."""
+    dataset = MNIST(str(data_dir), train=train, download=download)
+    return Digits(dataset.data, dataset.targets.long())
+
+
+def split_validation(digits: Digits, val_size: int, seed: int) -> tuple[Digits, Digits]:
+    """A seeded (train, validation) split, identical for every architecture with the same seed."""
+    order = torch.randperm(len(digits), generator=torch.Generator().manual_seed(seed))
+    return digits.subset(order[val_size:]), digits.subset(order[:val_size])
+
+
+def augmentation(degrees: float, translate: float, scale: tuple[float, float], shear: float) -> v2.Transform:
+    return v2.RandomAffine(degrees=degrees, translate=(translate, translate), scale=scale, shear=shear)
+
+
+class AugmentedDigits(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Each item is a freshly augmented 1 x 28 x 28 uint8 image and its label."""
+
+    def __init__(self, digits: Digits, transform: v2.Transform | None) -> None:
+        self.digits = digits
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.digits)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.digits.images[index].unsqueeze(0)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.digits.labels[index]
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 N x [1 x] 28 x 28 -> float N x 1 x 28 x 28 with MNIST's mean and std."""
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    return (images.float() / 255.0 - MNIST_MEAN) / MNIST_STD

@@ -1,0 +1,210 @@
+"""The FastAPI app factory and its routes; the work itself lives in the modules it calls."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import torch
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from models.registry import CLASSES, INPUT_SHAPE, SERVED_MODELS
+from service import __version__
+from service.config import Settings
+from service.errors import InputError, Overloaded
+from service.metrics import CONTENT_TYPE_LATEST, Metrics
+from service.middleware import AccessLogMiddleware, BodyLimitMiddleware
+from service.pipeline import decode, encode, read_request
+from service.runtime import Runtime
+from service.schemas import (
+    BatchingInfo,
+    ErrorResponse,
+    HealthResponse,
+    ModelInfo,
+    ModelInfoResponse,
+    PredictResponse,
+    WeightsInfo,
+)
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "malformed body",
+        404: "unknown model",
+        413: "too many images, bytes or pixels",
+        415: "unsupported media type",
+        422: "an image is undecodable, blank or invalid",
+        503: "not ready, overloaded or timed out (see Retry-After)",
+    }.items()
+}
+
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                }
+            },
+            "application/json": {"schema": {"$ref": "#/components/schemas/PredictJSONRequest"}},
+        },
+    }
+}
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        raise Overloaded("the service is starting")
+    return runtime
+
+
+def ready_runtime(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Runtime:
+    if not runtime.ready:
+        raise Overloaded("the service is shutting down" if runtime.draining else "the models are still warming up")
+    return runtime
+
+
+def _register_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(InputError)
+    async def input_error(_: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(_: Request, exc: Overloaded) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=503, headers={"Retry-After": str(exc.retry_after_s)})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        messages = ["{}: {}".format(" -> ".join(str(p) for p in err["loc"]), err["msg"]) for err in exc.errors()]
+        return JSONResponse({"detail": "; ".join(messages)}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        request_id = request.scope.get("state", {}).get("request_id", "?")
+        log.error("unhandled error in request %s", request_id, exc_info=exc)
+        return JSONResponse({"detail": f"internal error; quote request id {request_id} when reporting it"}, status_code=500)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime(settings, metrics)  # a bad checkpoint stops startup here
+        await runtime.start()
+        app.state.runtime = runtime
+        warm_up = asyncio.create_task(runtime.warm_up())
+        try:
+            yield
+        finally:
+            runtime.begin_draining()
+            warm_up.cancel()
+            await runtime.stop()
+
+    app = FastAPI(
+        title="Digit recogniser",
+        version=__version__,
+        description="Handwritten digit classification (MNIST) with two course CNNs and their ensemble.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    _register_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(AccessLogMiddleware, metrics=metrics)
+
+    @app.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=PREDICT_BODY, tags=["predict"])
+    async def predict(
+        request: Request,
+        runtime: Annotated[Runtime, Depends(ready_runtime)],
+        model: Annotated[str | None, Query(description=f"one of {', '.join(SERVED_MODELS)}")] = None,
+        include_input: Annotated[bool, Query(description="also return the 28x28 image the model saw")] = False,
+    ) -> PredictResponse:
+        """Classify one or more digit images (multipart parts named `files`, or JSON base64)."""
+        name = model or settings.default_model
+        if name not in runtime.models:
+            raise HTTPException(404, f"unknown model {name!r}; available: {', '.join(runtime.models)}")
+        request.state.model = name
+        raw = await read_request(request, settings)
+        images = await run_in_threadpool(decode, raw, settings)
+        request.state.images = len(images)
+        probabilities = await runtime.predict(name, images)
+        return encode(name, probabilities, images if include_input else None)
+
+    @app.get("/model-info", response_model=ModelInfoResponse, tags=["info"])
+    async def model_info(runtime: Annotated[Runtime, Depends(get_runtime)]) -> ModelInfoResponse:
+        """What is served: architectures, weights, accuracy, calibration, batching."""
+        models = []
+        for name, served in runtime.models.items():
+            meta = served.metadata
+            stats = runtime.batchers[name].stats
+            models.append(
+                ModelInfo(
+                    name=name,
+                    architecture=meta["architecture"],
+                    parameters=meta["parameters"],
+                    macs_per_image=meta["macs_per_image"],
+                    input_shape=list(INPUT_SHAPE),
+                    classes=list(CLASSES),
+                    device=str(served.device),
+                    dtype=str(torch.float32).removeprefix("torch."),
+                    weights=WeightsInfo(file=served.weights_file, sha256=served.sha256, members=meta.get("members")),
+                    metrics={k: v for k, v in meta["metrics"].items() if k != "confusion_matrix"},
+                    calibration=meta["calibration"],
+                    recipe=meta.get("recipe"),
+                    batches=stats.batches,
+                    images=stats.images,
+                    mean_batch_size=round(stats.mean_batch_size, 3),
+                    largest_batch=stats.largest_batch,
+                )
+            )
+        return ModelInfoResponse(
+            default_model=settings.default_model,
+            models=models,
+            batching=BatchingInfo(
+                max_batch_size=settings.max_batch_size,
+                max_batch_wait_ms=settings.max_batch_wait_ms,
+                max_queue_images=settings.max_queue_images,
+                request_timeout_s=settings.request_timeout_s,
+            ),
+            settings=settings.public(),
+            service_version=__version__,
+            torch_version=torch.__version__,
+        )
+
+    @app.get("/healthz", response_model=HealthResponse, tags=["health"])
+    async def healthz() -> HealthResponse:
+        """Liveness: the process answers HTTP."""
+        return HealthResponse(status="alive")
+
+    @app.get("/readyz", response_model=HealthResponse, responses={503: {"model": ErrorResponse}}, tags=["health"])
+    async def readyz(runtime: Annotated[Runtime, Depends(ready_runtime)]) -> HealthResponse:
+        """Readiness: every model loaded and warmed, and not shutting down."""
+        return HealthResponse(status="ready", detail=", ".join(runtime.models))
+
+    @app.get("/metrics", tags=["health"], response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    async def prometheus_metrics() -> Response:
+        """Prometheus text format."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,163 @@
+"""Server-side dynamic batching: concurrent requests for one model share forward passes.
+
+Lesson from other servers: a fixed batching delay adds latency to every request at low
+load. Here a batch is dispatched as soon as the model is free; requests that arrive
+while a forward pass runs queue up and form the next, larger batch. ``max_wait_s``
+(default 0) optionally holds a free model a little longer to let a batch fill.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from service.errors import Overloaded
+
+__all__ = ["BatchObserver", "BatchStats", "DynamicBatcher"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Item:
+    images: torch.Tensor  # n x 1 x 28 x 28, n <= max_batch_size
+    future: asyncio.Future[torch.Tensor]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class BatchStats:
+    """Observed batching, exposed in /model-info and as Prometheus metrics."""
+
+    batches: int = 0
+    images: int = 0
+    largest_batch: int = 0
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.images / self.batches if self.batches else 0.0
+
+
+class BatchObserver(Protocol):
+    def observe_batch(self, model: str, size: int, queue_waits_s: list[float], inference_s: float) -> None: ...
+
+
+class DynamicBatcher:
+    """Queues images for one model and runs them in batches on ``executor``."""
+
+    def __init__(
+        self,
+        name: str,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        executor: Executor,
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue_images: int,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.name = name
+        self._forward = forward
+        self._executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.max_queue_images = max_queue_images
+        self._observer = observer
+        self._queue: deque[_Item] = deque()
+        self._queued_images = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.stats = BatchStats()
+
+    def queued_images(self) -> int:
+        return self._queued_images
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(Overloaded("the server is shutting down"))
+        self._queue.clear()
+
+    async def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Probabilities (n x 10) for ``images`` (n x 1 x 28 x 28), in order.
+
+        A request larger than ``max_batch_size`` is split into several forward passes. If
+        the caller gives up (timeout, disconnect), its not yet started chunks are dropped.
+        """
+        count = len(images)
+        if self._queued_images + count > self.max_queue_images:
+            raise Overloaded(
+                f"model {self.name!r} has {self._queued_images} images queued; "
+                f"{count} more would exceed the queue limit of {self.max_queue_images}"
+            )
+        loop = asyncio.get_running_loop()
+        items = [_Item(chunk, loop.create_future()) for chunk in torch.split(images, self.max_batch_size)]
+        self._queue.extend(items)
+        self._queued_images += count
+        self._wakeup.set()
+        try:
+            return torch.cat(await asyncio.gather(*(item.future for item in items)))
+        finally:
+            for item in items:
+                item.future.cancel()  # no-op for finished ones; queued ones are skipped
+
+    def _take_batch(self) -> list[_Item]:
+        batch: list[_Item] = []
+        size = 0
+        while self._queue and size + len(self._queue[0].images) <= self.max_batch_size:
+            item = self._queue.popleft()
+            self._queued_images -= len(item.images)
+            if item.future.done():  # its request was abandoned
+                continue
+            batch.append(item)
+            size += len(item.images)
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self.max_wait_s > 0 and self._queued_images < self.max_batch_size:
+                await asyncio.sleep(self.max_wait_s)
+            batch = self._take_batch()
+            if batch:
+                await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[_Item]) -> None:
+        images = torch.cat([item.images for item in batch]) if len(batch) > 1 else batch[0].images
+        started = time.perf_counter()
+        try:
+            probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self._forward, images)
+        except Exception as exc:  # a failed forward fails only this batch's requests
+            log.exception("forward pass of %s failed for a batch of %d images", self.name, len(images))
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        finished = time.perf_counter()
+        self.stats.batches += 1
+        self.stats.images += len(images)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(images))
+        if self._observer is not None:
+            waits = [started - item.enqueued for item in batch]
+            self._observer.observe_batch(self.name, len(images), waits, finished - started)
+        offset = 0
+        for item in batch:
+            if not item.future.done():
+                item.future.set_result(probabilities[offset : offset + len(item.images)])
+            offset += len(item.images)

@@ -1,0 +1,129 @@
+"""A /predict request's life, one small function per step (as LitServe splits it):
+
+read (multipart or JSON) -> decode (bytes -> 28x28) -> [batch -> predict -> unbatch in
+``service.batching``] -> encode (probabilities -> response).
+"""
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from service.config import Settings
+from service.errors import InputError
+from service.preprocess import decode_image, describe, to_mnist
+from service.schemas import Prediction, PredictJSONRequest, PredictResponse
+
+__all__ = ["RawImage", "decode", "encode", "read_request"]
+
+
+@dataclass(frozen=True)
+class RawImage:
+    index: int
+    filename: str | None
+    data: bytes
+
+
+def _check_count(count: int, settings: Settings) -> None:
+    if count == 0:
+        raise InputError("the request holds no images")
+    if count > settings.max_images_per_request:
+        raise InputError(
+            f"the request holds {count} images, above the limit of {settings.max_images_per_request} per request",
+            status_code=413,
+        )
+
+
+def _check_size(image: RawImage, settings: Settings) -> RawImage:
+    if len(image.data) > settings.max_file_bytes:
+        raise InputError(
+            f"{describe(image.index, image.filename)} has {len(image.data)} bytes, above the limit of {settings.max_file_bytes}",
+            status_code=413,
+        )
+    return image
+
+
+async def _read_multipart(request: Request, settings: Settings) -> list[RawImage]:
+    limit = settings.max_images_per_request
+    try:
+        form = await request.form(max_files=limit + 1, max_fields=limit + 1)
+    except InputError:
+        raise
+    except Exception as exc:  # python-multipart and starlette raise several types for a malformed body
+        raise InputError(f"the multipart body could not be parsed: {exc}", status_code=400) from None
+    try:
+        parts = form.getlist("files")
+        if not parts:
+            names = sorted({key for key, _ in form.multi_items()})
+            found = f"; it has {', '.join(repr(n) for n in names)}" if names else ""
+            raise InputError(f"the multipart body has no parts named 'files'{found}")
+        _check_count(len(parts), settings)
+        images = []
+        for index, part in enumerate(parts):
+            if not isinstance(part, UploadFile):
+                raise InputError(f"{describe(index, None)}: the part 'files' is a text field, not a file upload")
+            images.append(_check_size(RawImage(index, part.filename, await part.read()), settings))
+    finally:
+        await form.close()
+    return images
+
+
+async def _read_json(request: Request, settings: Settings) -> list[RawImage]:
+    try:
+        payload = PredictJSONRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise InputError(f"invalid JSON body at {where}: {first['msg']}") from None
+    _check_count(len(payload.images), settings)
+    images = []
+    for index, text in enumerate(payload.images):
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError(f"{describe(index, None)} is not valid base64") from None
+        images.append(_check_size(RawImage(index, None, data), settings))
+    return images
+
+
+async def read_request(request: Request, settings: Settings) -> list[RawImage]:
+    """The image files of a /predict request, in order, within the configured limits."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        return await _read_multipart(request, settings)
+    if content_type == "application/json":
+        return await _read_json(request, settings)
+    raise InputError(
+        f"unsupported media type {content_type or '(none)'!r}; send multipart/form-data with parts named 'files' "
+        'or application/json {"images": [base64, ...]}',
+        status_code=415,
+    )
+
+
+def decode(images: list[RawImage], settings: Settings) -> torch.Tensor:
+    """N x 1 x 28 x 28 float32 intensities in [0, 1]; the first bad image stops the request."""
+    batch = np.empty((len(images), 1, 28, 28), dtype=np.float32)
+    for image in images:
+        try:
+            batch[image.index, 0] = to_mnist(decode_image(image.data, max_pixels=settings.max_image_pixels))
+        except InputError as exc:
+            raise InputError(f"{describe(image.index, image.filename)} {exc.message}", exc.status_code) from None
+    return torch.from_numpy(batch)
+
+
+def encode(model: str, probabilities: torch.Tensor, inputs: torch.Tensor | None = None) -> PredictResponse:
+    confidence, labels = probabilities.max(dim=1)
+    rows = probabilities.tolist()
+    seen = inputs[:, 0].round(decimals=4).tolist() if inputs is not None else [None] * len(rows)
+    return PredictResponse(
+        model=model,
+        predictions=[
+            Prediction(label=label, confidence=conf, probabilities=row, input=image)
+            for label, conf, row, image in zip(labels.tolist(), confidence.tolist(), rows, seen, strict=True)
+        ],
+    )

@@ -1,0 +1,111 @@
+"""Turn an uploaded image file into what the networks were trained on.
+
+MNIST digits are white on black, fitted into a 20x20 box with anti-aliasing, and placed
+in 28x28 by their centre of mass. A canvas drawing or a photo of paper is brought to the
+same form: alpha or inverted luminance becomes ink, the ink is cropped, scaled and
+centred. A 28x28 image that already is white on black passes through untouched, so MNIST
+itself is served exactly as the models were evaluated.
+"""
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import InputError
+
+__all__ = ["ALLOWED_FORMATS", "decode_image", "describe", "to_mnist"]
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+SIZE = 28
+BOX = 20
+INK_THRESHOLD = 0.05  # weaker than this (on a 0-1 scale) is background noise, not ink
+
+
+def describe(index: int, filename: str | None) -> str:
+    """How an error message names an input: its position and, where known, its file name."""
+    if filename:
+        safe = filename.replace("\n", " ")[:100]
+        return f"image {index} ({safe!r})"
+    return f"image {index}"
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Pillow-decoded first frame, upright per EXIF; refuses non-images and decompression bombs."""
+    if not data:
+        raise InputError("is empty (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        raise InputError(f"is not a supported image; expected one of {', '.join(ALLOWED_FORMATS)}") from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"is too large to decode: {exc}", status_code=413) from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InputError(f"has {width}x{height} = {width * height} pixels, above the limit of {max_pixels}", status_code=413)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()  # first frame of an animation
+            return ImageOps.exif_transpose(image) or image
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise InputError(f"could not be decoded as {image.format}: {exc}") from None
+
+
+def _ink(image: Image.Image) -> tuple[np.ndarray, bool]:
+    """Ink intensity in [0, 1] (1 = stroke), and whether the image already was white on black."""
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        alpha = np.asarray(image.convert("RGBA"), dtype=np.float32)[..., 3] / 255.0
+        if alpha.min() < 1.0:  # a transparent background: what was painted is the ink
+            return alpha, False
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(image, dtype=np.float32)
+        grey = values / (65535.0 if values.max() > 255 else 255.0)
+    elif image.mode == "F":
+        grey = np.nan_to_num(np.asarray(image, dtype=np.float32))
+    else:
+        grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    grey = np.clip(grey, 0.0, 1.0)
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    if float(np.median(border)) > 0.5:  # light background: dark ink on paper or canvas
+        return 1.0 - grey, False
+    return grey, True
+
+
+def _fit_box(ink: np.ndarray) -> np.ndarray:
+    """Crop to the ink and scale its longer side to 20 px, keeping the aspect ratio."""
+    rows = np.flatnonzero(ink.max(axis=1) > INK_THRESHOLD)
+    cols = np.flatnonzero(ink.max(axis=0) > INK_THRESHOLD)
+    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    height, width = crop.shape
+    scale = BOX / max(height, width)
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = Image.fromarray(crop.astype(np.float32), mode="F").resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+def _centre_by_mass(box: np.ndarray) -> np.ndarray:
+    """Place ``box`` in 28x28 so that its centre of mass lands on the centre."""
+    height, width = box.shape
+    total = float(box.sum())
+    ys, xs = np.indices(box.shape)
+    com_y = float((ys * box).sum()) / total
+    com_x = float((xs * box).sum()) / total
+    top = int(np.clip(round(SIZE / 2 - 0.5 - com_y), 0, SIZE - height))
+    left = int(np.clip(round(SIZE / 2 - 0.5 - com_x), 0, SIZE - width))
+    canvas = np.zeros((SIZE, SIZE), dtype=np.float32)
+    canvas[top : top + height, left : left + width] = box
+    return canvas
+
+
+def to_mnist(image: Image.Image) -> np.ndarray:
+    """A 28x28 float32 array in [0, 1], white digit on black, as the models expect."""
+    ink, white_on_black = _ink(image)
+    peak = float(ink.max())
+    if peak <= INK_THRESHOLD:
+        raise InputError("is blank: no digit found (every pixel has the background colour)")
+    if white_on_black and ink.shape == (SIZE, SIZE):
+        return ink.astype(np.float32)
+    return _centre_by_mass(_fit_box(ink / peak))

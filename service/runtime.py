@@ -1,0 +1,84 @@
+"""The running service's shared state: models, their batchers, readiness.
+
+Readiness is honest: it turns true only after every model is loaded *and* has run its
+warm-up batches through the real batching path, and false again the moment shutdown
+begins.
+"""
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from models.registry import INPUT_SHAPE
+from service.batching import DynamicBatcher
+from service.config import Settings
+from service.errors import Overloaded
+from service.loader import ServedModel, load_models, select_device
+from service.metrics import Metrics
+
+__all__ = ["Runtime"]
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.device = select_device(settings.device)
+        torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
+        self.models: dict[str, ServedModel] = load_models(settings.weights_dir, self.device)
+        # One inference thread: forward passes on one device run one at a time anyway,
+        # and a single thread keeps torch's intra-op pool from being oversubscribed.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.batchers: dict[str, DynamicBatcher] = {}
+        self.ready = False
+        self.draining = False
+        for name, model in self.models.items():
+            self.metrics.model_info.labels(name).info({"sha256": model.sha256 or "", "device": str(self.device)})
+
+    async def start(self) -> None:
+        for name, model in self.models.items():
+            batcher = DynamicBatcher(
+                name,
+                model.forward,
+                self._executor,
+                max_batch_size=self.settings.max_batch_size,
+                max_wait_s=self.settings.max_batch_wait_ms / 1000,
+                max_queue_images=self.settings.max_queue_images,
+                observer=self.metrics,
+            )
+            batcher.start()
+            self.metrics.track_queue(name, batcher.queued_images)
+            self.batchers[name] = batcher
+
+    async def warm_up(self) -> None:
+        """Run every batch size a request can produce through each model, then report ready."""
+        loop = asyncio.get_running_loop()
+        sizes = sorted({1, self.settings.max_batch_size})
+        for name, model in self.models.items():
+            for size in sizes:
+                for _ in range(self.settings.warmup_batches):
+                    await loop.run_in_executor(self._executor, model.forward, torch.zeros(size, *INPUT_SHAPE))
+            log.info("warmed up %s with batch sizes %s", name, sizes)
+        self.ready = not self.draining
+        log.info("ready: %s", ", ".join(self.models))
+
+    async def predict(self, name: str, images: torch.Tensor) -> torch.Tensor:
+        try:
+            return await asyncio.wait_for(self.batchers[name].predict(images), self.settings.request_timeout_s)
+        except TimeoutError:
+            raise Overloaded(f"inference on {name!r} did not finish within {self.settings.request_timeout_s} s") from None
+
+    def begin_draining(self) -> None:
+        self.draining = True
+        self.ready = False
+
+    async def stop(self) -> None:
+        self.begin_draining()
+        for batcher in self.batchers.values():
+            await batcher.stop()
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,87 @@
+"""Request and response models: the HTTP contract, shared by the server and the client."""
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "BatchingInfo",
+    "ErrorResponse",
+    "HealthResponse",
+    "ModelInfo",
+    "ModelInfoResponse",
+    "PredictJSONRequest",
+    "PredictResponse",
+    "Prediction",
+    "WeightsInfo",
+]
+
+
+class PredictJSONRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[str] = Field(min_length=1, description="base64 of image files (PNG, JPEG, BMP, GIF, WebP, TIFF)")
+
+
+class Prediction(BaseModel):
+    label: int = Field(ge=0, le=9, description="the predicted digit")
+    confidence: float = Field(ge=0, le=1, description="calibrated probability of the predicted digit")
+    probabilities: list[float] = Field(min_length=10, max_length=10, description="calibrated probability of 0..9")
+    input: list[list[float]] | None = Field(
+        None, description="the 28x28 image the model saw (0 = background, 1 = ink); only with ?include_input=true"
+    )
+
+
+class PredictResponse(BaseModel):
+    model: str
+    predictions: list[Prediction]
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="what was wrong and with which input")
+
+
+class HealthResponse(BaseModel):
+    status: str
+    detail: str | None = None
+
+
+class WeightsInfo(BaseModel):
+    file: str | None
+    sha256: str | None
+    members: dict[str, str] | None = Field(None, description="for the ensemble: member name -> weights sha256")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    architecture: str
+    parameters: int
+    macs_per_image: int
+    input_shape: list[int]
+    classes: list[int]
+    device: str
+    dtype: str
+    weights: WeightsInfo
+    metrics: dict[str, Any] = Field(description="test and validation accuracy from training")
+    calibration: dict[str, Any]
+    recipe: dict[str, Any] | None = Field(None, description="the training recipe (None for the ensemble)")
+    batches: int = Field(description="forward passes run since start")
+    images: int = Field(description="images predicted since start")
+    mean_batch_size: float
+    largest_batch: int
+
+
+class BatchingInfo(BaseModel):
+    max_batch_size: int
+    max_batch_wait_ms: float
+    max_queue_images: int
+    request_timeout_s: float
+
+
+class ModelInfoResponse(BaseModel):
+    default_model: str
+    models: list[ModelInfo]
+    batching: BatchingInfo
+    settings: dict[str, Any]
+    service_version: str
+    torch_version: str
