@@ -1,0 +1,128 @@
+"""The dynamic batcher on its own, with a stand-in forward function we can observe."""
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from service.batching import DynamicBatcher
+from service.errors import Overloaded
+
+
+class RecordingForward:
+    """Returns each image's first pixel in column 0, so results can be traced to inputs."""
+
+    def __init__(self, delay_s: float = 0.0, fail_on_call: int | None = None) -> None:
+        self.sizes: list[int] = []
+        self.delay_s = delay_s
+        self.fail_on_call = fail_on_call
+        self.lock = threading.Lock()
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        with self.lock:
+            self.sizes.append(len(images))
+            call = len(self.sizes)
+        time.sleep(self.delay_s)
+        if call == self.fail_on_call:
+            raise RuntimeError("injected failure")
+        out = torch.zeros(len(images), 10)
+        out[:, 0] = images[:, 0, 0, 0]
+        return out
+
+
+def images(*values: float) -> torch.Tensor:
+    batch = torch.zeros(len(values), 1, 28, 28)
+    batch[:, 0, 0, 0] = torch.tensor(values)
+    return batch
+
+
+@pytest.fixture
+def executor():  # type: ignore[no-untyped-def]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool
+
+
+async def make(forward: RecordingForward, executor: ThreadPoolExecutor, **options: float) -> DynamicBatcher:
+    settings = {"max_batch_size": 8, "max_wait_s": 0.0, "max_queue_images": 64} | options
+    batcher = DynamicBatcher("m", forward, executor, **settings)  # type: ignore[arg-type]
+    batcher.start()
+    return batcher
+
+
+async def test_idle_request_is_dispatched_without_waiting(executor: ThreadPoolExecutor) -> None:
+    forward = RecordingForward()
+    batcher = await make(forward, executor)
+    started = time.perf_counter()
+    result = await batcher.predict(images(3.0))
+    assert time.perf_counter() - started < 0.05
+    assert result[:, 0].tolist() == [3.0] and forward.sizes == [1]
+    await batcher.stop()
+
+
+async def test_concurrent_requests_share_forward_passes_and_keep_order(executor: ThreadPoolExecutor) -> None:
+    forward = RecordingForward(delay_s=0.05)
+    batcher = await make(forward, executor)
+    results = await asyncio.gather(*(batcher.predict(images(float(i), float(i) + 0.5)) for i in range(12)))
+    for i, result in enumerate(results):
+        assert result[:, 0].tolist() == [float(i), float(i) + 0.5]
+    assert sum(forward.sizes) == 24
+    assert len(forward.sizes) < 12 and max(forward.sizes) == 8  # coalesced up to the max batch size
+    assert batcher.stats.batches == len(forward.sizes) and batcher.stats.mean_batch_size > 2
+    await batcher.stop()
+
+
+async def test_large_request_is_split_into_max_size_passes(executor: ThreadPoolExecutor) -> None:
+    forward = RecordingForward()
+    batcher = await make(forward, executor)
+    result = await batcher.predict(images(*range(20)))
+    assert result[:, 0].tolist() == [float(v) for v in range(20)]
+    assert forward.sizes == [8, 8, 4]
+    await batcher.stop()
+
+
+async def test_full_queue_is_refused(executor: ThreadPoolExecutor) -> None:
+    forward = RecordingForward(delay_s=0.2)
+    batcher = await make(forward, executor, max_queue_images=10)
+    first = asyncio.create_task(batcher.predict(images(*range(8))))
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded, match="queue limit of 10"):
+        await batcher.predict(images(*range(3)))
+    assert (await first).shape == (8, 10)
+    await batcher.stop()
+
+
+async def test_failed_forward_fails_only_its_batch(executor: ThreadPoolExecutor) -> None:
+    forward = RecordingForward(fail_on_call=1)
+    batcher = await make(forward, executor)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        await batcher.predict(images(1.0))
+    assert (await batcher.predict(images(2.0)))[:, 0].tolist() == [2.0]
+    await batcher.stop()
+
+
+async def test_abandoned_request_is_not_computed(executor: ThreadPoolExecutor) -> None:
+    forward = RecordingForward(delay_s=0.1)
+    batcher = await make(forward, executor)
+    busy = asyncio.create_task(batcher.predict(images(1.0)))
+    await asyncio.sleep(0.01)  # the model is now busy with `busy`
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(batcher.predict(images(*range(5))), timeout=0.02)
+    await busy
+    assert (await batcher.predict(images(7.0)))[:, 0].tolist() == [7.0]
+    assert forward.sizes == [1, 1]  # the five abandoned images never ran
+    assert batcher.queued_images() == 0
+    await batcher.stop()
+
+
+async def test_max_wait_lets_a_batch_fill(executor: ThreadPoolExecutor) -> None:
+    forward = RecordingForward()
+    batcher = await make(forward, executor, max_wait_s=0.05)
+    first = asyncio.create_task(batcher.predict(images(1.0)))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(batcher.predict(images(2.0)))
+    await asyncio.gather(first, second)
+    assert forward.sizes == [2]
+    await batcher.stop()

@@ -1,0 +1,72 @@
+"""A training smoke run on a small subset writes a loadable checkpoint and valid metadata."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import evaluate, train
+from models.checkpoint import CheckpointError, load_classifier, sha256_file
+from models.registry import ARCHITECTURES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("weights")
+    for arch in ARCHITECTURES:
+        argv = ["--arch", arch, "--epochs", "1", "--train-limit", "640", "--batch-size", "64", "--workers", "0"]
+        assert train.main([*argv, "--data-dir", str(data_dir), "--no-download", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_checkpoint_is_a_plain_state_dict_matching_its_metadata(trained: Path, arch: str) -> None:
+    state = torch.load(trained / f"{arch}.pt", weights_only=True)
+    assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+    meta = json.loads((trained / f"{arch}.json").read_text())
+    assert meta["sha256"] == sha256_file(trained / f"{arch}.pt")
+    assert meta["file_size_bytes"] == (trained / f"{arch}.pt").stat().st_size
+    assert meta["parameters"] == {"inception": 97_298, "resnet": 41_514}[arch]
+    assert meta["recipe"]["epochs"] == 1 and meta["recipe"]["train_limit"] == 640
+    assert meta["data"] == {"train_images": 640, "val_images": 5000, "test_images": 10_000}
+    assert 0.0 <= meta["metrics"]["test_accuracy"] <= 1.0
+    assert len(meta["metrics"]["confusion_matrix"]) == 10
+    assert sum(map(sum, meta["metrics"]["confusion_matrix"])) == 10_000
+    assert meta["calibration"]["temperature"] > 0
+    assert {"torch", "torchvision", "date"} <= set(meta["environment"])
+    assert len(meta["history"]) == 1 and meta["best_epoch"] == 1
+    assert (trained / f"{arch}-curves.png").stat().st_size > 0
+    assert (trained / f"{arch}-confusion.png").stat().st_size > 0
+    model, _ = load_classifier(trained, arch)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_ensemble_is_calibrated_for_the_exact_members(trained: Path) -> None:
+    meta = json.loads((trained / "ensemble.json").read_text())
+    assert meta["members"] == {arch: sha256_file(trained / f"{arch}.pt") for arch in ARCHITECTURES}
+    assert meta["calibration"]["temperature"] > 0
+
+
+def test_evaluate_accepts_intact_weights_and_rejects_tampered_ones(trained: Path, data_dir: Path, tmp_path: Path) -> None:
+    args = ["--data-dir", str(data_dir), "--no-download"]
+    assert evaluate.main(["--weights-dir", str(trained), *args]) == 0
+
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    for file in trained.glob("*.*"):
+        (tampered / file.name).write_bytes(file.read_bytes())
+    data = bytearray((tampered / "resnet.pt").read_bytes())
+    data[-100] ^= 0xFF
+    (tampered / "resnet.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="resnet.pt has sha256"):
+        load_classifier(tampered, "resnet")
+    result = subprocess.run(
+        [sys.executable, "-m", "models.evaluate", "--weights-dir", str(tampered), *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "resnet.pt has sha256" in result.stderr
