@@ -41,8 +41,21 @@ def split_validation(digits: Digits, val_size: int, seed: int) -> tuple[Digits, 
     return digits.subset(order[val_size:]), digits.subset(order[:val_size])
 
 
-def augmentation(degrees: float, translate: float, scale: tuple[float, float], shear: float) -> v2.Transform:
-    return v2.RandomAffine(degrees=degrees, translate=(translate, translate), scale=scale, shear=shear)
+def augmentation(
+    degrees: float,
+    translate: float,
+    scale: tuple[float, float],
+    shear: float,
+    elastic_p: float = 0.0,
+    elastic_alpha: float = 34.0,
+    elastic_sigma: float = 4.0,
+) -> v2.Transform:
+    """Per-sample random elastic distortion (as Simard et al. 2003 did for MNIST), then affine."""
+    affine = v2.RandomAffine(degrees=degrees, translate=(translate, translate), scale=scale, shear=shear)
+    if elastic_p <= 0:
+        return affine
+    elastic = v2.RandomApply([v2.ElasticTransform(alpha=elastic_alpha, sigma=elastic_sigma)], p=elastic_p)
+    return v2.Compose([elastic, affine])
 
 
 class AugmentedDigits(Dataset[tuple[torch.Tensor, torch.Tensor]]):

@@ -59,6 +59,9 @@ class Recipe:
     aug_translate: float = 0.1
     aug_scale: tuple[float, float] = (0.9, 1.1)
     aug_shear: float = 0.0
+    aug_elastic_p: float = 0.0
+    aug_elastic_alpha: float = 34.0
+    aug_elastic_sigma: float = 4.0
     seed: int = 0
     split_seed: int = 2024
     val_size: int = 5000
@@ -75,7 +78,15 @@ def _fit_one(recipe: Recipe, train: Digits, val: Digits, workers: int) -> tuple[
     torch.manual_seed(recipe.seed)
     net = build(recipe.arch).to(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay))
-    transform = augmentation(recipe.aug_degrees, recipe.aug_translate, recipe.aug_scale, recipe.aug_shear)
+    transform = augmentation(
+        recipe.aug_degrees,
+        recipe.aug_translate,
+        recipe.aug_scale,
+        recipe.aug_shear,
+        recipe.aug_elastic_p,
+        recipe.aug_elastic_alpha,
+        recipe.aug_elastic_sigma,
+    )
     loader = DataLoader(
         AugmentedDigits(train, transform),
         batch_size=recipe.batch_size,
@@ -263,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate of the one-cycle schedule")
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    parser.add_argument("--degrees", type=float, default=defaults.aug_degrees, help="random rotation range (+-)")
+    parser.add_argument("--shear", type=float, default=defaults.aug_shear, help="random shear range (+-, degrees)")
+    parser.add_argument("--scale", type=float, nargs=2, default=defaults.aug_scale, help="random zoom range")
+    parser.add_argument("--elastic-p", type=float, default=defaults.aug_elastic_p, help="probability of an elastic distortion")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="initialisation, shuffling and augmentation")
     parser.add_argument("--split-seed", type=int, default=defaults.split_seed, help="which 5,000 images are validation")
     parser.add_argument("--val-size", type=int, default=defaults.val_size)
@@ -281,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        aug_degrees=args.degrees,
+        aug_shear=args.shear,
+        aug_scale=tuple(args.scale),
+        aug_elastic_p=args.elastic_p,
         seed=args.seed,
         split_seed=args.split_seed,
         val_size=args.val_size,

@@ -1,7 +1,9 @@
 """``python -m service``: serve with uvicorn on $HOST:$PORT.
 
 On SIGTERM readiness turns 503 at once (so load balancers stop sending), queued and
-in-flight requests are answered, and the process exits within the grace period.
+in-flight requests are answered, and the process exits within the grace period. As
+uvicorn does, the signal is re-raised after the clean shutdown, so the exit status says
+"terminated by SIGTERM".
 """
 
 import logging
@@ -9,6 +11,7 @@ import sys
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from service.app import create_app
 from service.config import Settings
@@ -16,8 +19,14 @@ from service.runtime import Runtime
 
 
 class _Server(uvicorn.Server):
+    """Turns readiness off the moment a stop signal arrives, before connections drain."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        runtime: Runtime | None = getattr(self.config.loaded_app.state, "runtime", None) if self.config.loaded else None
+        runtime: Runtime | None = getattr(self.app.state, "runtime", None)
         if runtime is not None:
             runtime.begin_draining()
         super().handle_exit(sig, frame)
@@ -36,7 +45,7 @@ def main() -> int:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
         lifespan="on",
     )
-    server = _Server(config)
+    server = _Server(config, app)
     server.run()
     return 0 if server.started else 1
 

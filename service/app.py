@@ -3,7 +3,7 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any
 
 import torch
@@ -15,8 +15,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from models.registry import CLASSES, INPUT_SHAPE, SERVED_MODELS
-from service import __version__
+from service import __version__, v2
 from service.config import Settings
+from service.dependencies import get_runtime, ready_runtime, require_api_key
 from service.errors import InputError, Overloaded
 from service.metrics import CONTENT_TYPE_LATEST, Metrics
 from service.middleware import AccessLogMiddleware, BodyLimitMiddleware
@@ -40,6 +41,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
         400: "malformed body",
+        401: "missing or wrong API key (only when one is configured)",
         404: "unknown model",
         413: "too many images, bytes or pixels",
         415: "unsupported media type",
@@ -65,42 +67,36 @@ PREDICT_BODY = {
 }
 
 
-def get_runtime(request: Request) -> Runtime:
-    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-    if runtime is None:
-        raise Overloaded("the service is starting")
-    return runtime
-
-
-def ready_runtime(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Runtime:
-    if not runtime.ready:
-        raise Overloaded("the service is shutting down" if runtime.draining else "the models are still warming up")
-    return runtime
+def _error(request: Request, status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """``{"detail": ...}`` as the contract says; ``{"error": ...}`` under /v2, as V2 says."""
+    key = "error" if request.url.path.startswith("/v2") else "detail"
+    return JSONResponse({key: message}, status_code=status, headers=headers)
 
 
 def _register_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InputError)
-    async def input_error(_: Request, exc: InputError) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+    async def input_error(request: Request, exc: InputError) -> JSONResponse:
+        return _error(request, exc.status_code, exc.message)
 
     @app.exception_handler(Overloaded)
-    async def overloaded(_: Request, exc: Overloaded) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, status_code=503, headers={"Retry-After": str(exc.retry_after_s)})
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        return _error(request, 503, exc.message, {"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        messages = ["{}: {}".format(" -> ".join(str(p) for p in err["loc"]), err["msg"]) for err in exc.errors()]
-        return JSONResponse({"detail": "; ".join(messages)}, status_code=422)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        messages = ["{}: {}".format(" -> ".join(str(p) for p in err["loc"]), err["msg"]) for err in exc.errors()[:5]]
+        status = 400 if request.url.path.startswith("/v2") else 422
+        return _error(request, status, "; ".join(messages))
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(request, exc.status_code, str(exc.detail), exc.headers)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         request_id = request.scope.get("state", {}).get("request_id", "?")
         log.error("unhandled error in request %s", request_id, exc_info=exc)
-        return JSONResponse({"detail": f"internal error; quote request id {request_id} when reporting it"}, status_code=500)
+        return _error(request, 500, f"internal error; quote request id {request_id} when reporting it")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -133,7 +129,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
 
-    @app.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=PREDICT_BODY, tags=["predict"])
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        responses=ERRORS,
+        openapi_extra=PREDICT_BODY,
+        tags=["predict"],
+        dependencies=[Depends(require_api_key)],
+    )
     async def predict(
         request: Request,
         runtime: Annotated[Runtime, Depends(ready_runtime)],
@@ -143,7 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Classify one or more digit images (multipart parts named `files`, or JSON base64)."""
         name = model or settings.default_model
         if name not in runtime.models:
-            raise HTTPException(404, f"unknown model {name!r}; available: {', '.join(runtime.models)}")
+            raise InputError(f"unknown model {name!r}; available: {', '.join(runtime.models)}", status_code=404)
         request.state.model = name
         raw = await read_request(request, settings)
         images = await run_in_threadpool(decode, raw, settings)
@@ -207,4 +210,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Prometheus text format."""
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(v2.router)
     return app

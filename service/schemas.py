@@ -13,6 +13,18 @@ __all__ = [
     "PredictJSONRequest",
     "PredictResponse",
     "Prediction",
+    "V2Error",
+    "V2InferenceRequest",
+    "V2InferenceResponse",
+    "V2InputTensor",
+    "V2Live",
+    "V2ModelMetadata",
+    "V2ModelReady",
+    "V2OutputTensor",
+    "V2Ready",
+    "V2RequestedOutput",
+    "V2ServerMetadata",
+    "V2TensorMetadata",
     "WeightsInfo",
 ]
 
@@ -85,3 +97,77 @@ class ModelInfoResponse(BaseModel):
     settings: dict[str, Any]
     service_version: str
     torch_version: str
+
+
+# Open Inference Protocol (KServe V2) -----------------------------------------------------
+
+
+class V2Error(BaseModel):
+    error: str
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+
+
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2InputTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] = Field(description="row-major, flat or nested")
+
+
+class V2RequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferenceRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[V2InputTensor]
+    outputs: list[V2RequestedOutput] | None = None
+
+
+class V2OutputTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[float] | list[int]
+
+
+class V2InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[V2OutputTensor]

@@ -23,7 +23,7 @@ def prepared(data: bytes) -> np.ndarray:
 def assert_mnist_like(result: np.ndarray) -> None:
     """28x28 in [0, 1], ink inside the central 20x20 box region, centre of mass near the centre."""
     assert result.shape == (28, 28) and result.dtype == np.float32
-    assert 0.0 <= result.min() and result.max() <= 1.0 and result.max() > 0.9
+    assert result.min() >= 0.0 and result.max() <= 1.0 and result.max() > 0.9
     ys, xs = np.nonzero(result > 0.05)
     assert ys.min() >= 2 and ys.max() <= 25 and xs.min() >= 2 and xs.max() <= 25
     rows, cols = np.indices(result.shape)

@@ -63,7 +63,7 @@ def test_evaluate_accepts_intact_weights_and_rejects_tampered_ones(trained: Path
     data = bytearray((tampered / "resnet.pt").read_bytes())
     data[-100] ^= 0xFF
     (tampered / "resnet.pt").write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="resnet.pt has sha256"):
+    with pytest.raises(CheckpointError, match=r"resnet\.pt has sha256"):
         load_classifier(tampered, "resnet")
     result = subprocess.run(
         [sys.executable, "-m", "models.evaluate", "--weights-dir", str(tampered), *args], cwd=ROOT, capture_output=True, text=True

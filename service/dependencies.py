@@ -1,0 +1,36 @@
+"""FastAPI dependencies shared by the routes: the runtime, readiness, the API key."""
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.config import Settings
+from service.errors import InputError, Overloaded
+from service.runtime import Runtime
+
+__all__ = ["get_runtime", "ready_runtime", "require_api_key"]
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        raise Overloaded("the service is starting")
+    return runtime
+
+
+def ready_runtime(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Runtime:
+    """The runtime, or 503 + Retry-After while warming up or draining."""
+    if not runtime.ready:
+        raise Overloaded("the service is shutting down" if runtime.draining else "the models are still warming up")
+    return runtime
+
+
+def require_api_key(request: Request) -> None:
+    """When an API key is configured, the X-API-Key header must match it (constant-time)."""
+    settings: Settings = request.app.state.settings
+    if settings.api_key is None:
+        return
+    given = request.headers.get("x-api-key", "").encode()
+    if not hmac.compare_digest(given, settings.api_key.get_secret_value().encode()):
+        raise InputError("missing or wrong API key: send it in the X-API-Key header", status_code=401)

@@ -1,0 +1,122 @@
+"""The app in-process (httpx.ASGITransport, lifespan run): routes, schemas and error paths."""
+
+import base64
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import png_bytes, stroke_digit_one
+
+ONE = png_bytes(stroke_digit_one())
+
+
+def as_b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "alive", "detail": None}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+@pytest.mark.parametrize("model", ["inception", "resnet", "ensemble"])
+async def test_predict_multipart_every_model(client: httpx.AsyncClient, model: str) -> None:
+    response = await client.post(f"/predict?model={model}", files=[("files", ("one.png", ONE, "image/png"))])
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"] == model
+    (prediction,) = body["predictions"]
+    assert len(prediction["probabilities"]) == 10
+    assert sum(prediction["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+    assert prediction["confidence"] == max(prediction["probabilities"])
+    assert prediction["label"] == int(np.argmax(prediction["probabilities"]))
+    assert prediction["input"] is None
+
+
+async def test_predict_json_uses_the_default_model(client: httpx.AsyncClient) -> None:
+    response = await client.post("/predict", json={"images": [as_b64(ONE), as_b64(ONE)]})
+    assert response.status_code == 200
+    assert response.json()["model"] == "ensemble" and len(response.json()["predictions"]) == 2
+
+
+async def test_include_input_returns_what_the_model_saw(client: httpx.AsyncClient) -> None:
+    response = await client.post("/predict?include_input=true", json={"images": [as_b64(ONE)]})
+    seen = np.array(response.json()["predictions"][0]["input"])
+    np.testing.assert_allclose(seen, stroke_digit_one() / 255, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "message"),
+    [
+        ({"json": {"images": []}}, 422, "at least 1 item"),
+        ({"json": {"images": ["@@@"]}}, 422, "image 0 is not valid base64"),
+        ({"json": {"pictures": []}}, 422, "invalid JSON body"),
+        ({"json": [1, 2]}, 422, "invalid JSON body"),
+        ({"json": {"images": [1]}}, 422, "invalid JSON body at images.0"),
+        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, "invalid JSON body"),
+        ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported media type 'text/plain'"),
+        ({"files": [("files", ("empty.png", b"", "image/png"))]}, 422, "image 0 ('empty.png') is empty"),
+        ({"files": [("file", ("a.png", ONE, "image/png"))]}, 422, "no parts named 'files'; it has 'file'"),
+        ({"files": [("files", ("a.png", ONE, "image/png")), ("files", ("b.txt", b"text", "text/plain"))]}, 422, "image 1 ('b.txt')"),
+        ({"data": {"files": "not a file"}, "files": [("other", ("a.png", ONE))]}, 422, "is a text field"),
+    ],
+)
+async def test_bad_input_is_a_clear_4xx(client: httpx.AsyncClient, kwargs: dict[str, object], status: int, message: str) -> None:
+    response = await client.post("/predict", **kwargs)  # type: ignore[arg-type]
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+
+
+async def test_blank_image_is_422(client: httpx.AsyncClient) -> None:
+    blank = png_bytes(np.zeros((28, 28), np.uint8))
+    response = await client.post("/predict", files=[("files", ("blank.png", blank, "image/png"))])
+    assert response.status_code == 422 and "image 0 ('blank.png') is blank" in response.json()["detail"]
+
+
+async def test_unknown_model_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.post("/predict?model=vgg16", json={"images": [as_b64(ONE)]})
+    assert response.status_code == 404 and "unknown model 'vgg16'" in response.json()["detail"]
+
+
+async def test_too_many_images_is_413(client: httpx.AsyncClient) -> None:
+    response = await client.post("/predict", json={"images": [as_b64(ONE)] * 513})
+    assert response.status_code == 413 and "513 images, above the limit of 512" in response.json()["detail"]
+
+
+async def test_model_info(client: httpx.AsyncClient) -> None:
+    info = (await client.get("/model-info")).json()
+    assert info["default_model"] == "ensemble"
+    by_name = {m["name"]: m for m in info["models"]}
+    assert set(by_name) == {"inception", "resnet", "ensemble"}
+    assert by_name["inception"]["parameters"] == 97_298 and by_name["resnet"]["parameters"] == 41_514
+    for model in by_name.values():
+        assert model["input_shape"] == [1, 28, 28] and model["classes"] == list(range(10))
+        assert model["device"] == "cpu" and 0 < model["metrics"]["test_accuracy"] <= 1
+    assert len(by_name["resnet"]["weights"]["sha256"]) == 64
+    assert by_name["ensemble"]["weights"]["members"]["resnet"] == by_name["resnet"]["weights"]["sha256"]
+    assert info["batching"]["max_batch_size"] == 256
+    assert "api_key" not in info["settings"]
+
+
+async def test_metrics_are_prometheus_text(client: httpx.AsyncClient) -> None:
+    await client.post("/predict?model=resnet", json={"images": [as_b64(ONE)]})
+    response = await client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'digits_http_requests_total{method="POST",route="/predict",status="200"} 1.0' in text
+    assert 'digits_images_predicted_total{model="resnet"} 1.0' in text
+    assert 'digits_batch_size_images_count{model="resnet"} 1.0' in text
+
+
+async def test_request_id_is_echoed_or_generated(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz", headers={"X-Request-ID": "abc-123"})).headers["x-request-id"] == "abc-123"
+    assert len((await client.get("/healthz")).headers["x-request-id"]) == 32
+
+
+async def test_openapi_documents_both_request_bodies(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(body)
+    assert "PredictResponse" in spec["components"]["schemas"]
