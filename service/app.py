@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any
 
@@ -10,7 +11,7 @@ import torch
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -36,6 +37,8 @@ from service.schemas import (
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -153,6 +156,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request.state.images = len(images)
         probabilities = await runtime.predict(name, images)
         return encode(name, probabilities, images if include_input else None)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        """The draw-a-digit page: one self-contained HTML file, no external resources."""
+        return FileResponse(STATIC / "index.html", media_type="text/html")
 
     @app.get("/model-info", response_model=ModelInfoResponse, tags=["info"])
     async def model_info(runtime: Annotated[Runtime, Depends(get_runtime)]) -> ModelInfoResponse:
