@@ -32,7 +32,9 @@ async def test_health_and_metadata(client: httpx.AsyncClient) -> None:
 async def test_infer_fp32_flat_and_uint8_nested_agree(client: httpx.AsyncClient, model: str) -> None:
     batch = np.stack([ONE, ONE[::-1]])
     fp32 = await client.post(f"/v2/models/{model}/infer", json=infer_body(batch.reshape(-1).tolist(), [2, 1, 28, 28], id="r1"))
-    uint8 = await client.post(f"/v2/models/{model}/infer", json=infer_body((batch * 255).round().astype(int).tolist(), [2, 28, 28], "UINT8"))
+    uint8 = await client.post(
+        f"/v2/models/{model}/infer", json=infer_body((batch * 255).round().astype(int).tolist(), [2, 28, 28], "UINT8")
+    )
     assert fp32.status_code == 200 and uint8.status_code == 200, (fp32.text, uint8.text)
     first, second = fp32.json(), uint8.json()
     assert first["model_name"] == model and first["id"] == "r1"
@@ -78,7 +80,10 @@ async def test_infer_non_finite_values_are_refused(client: httpx.AsyncClient, li
 
 
 async def test_unknown_model_is_404(client: httpx.AsyncClient) -> None:
-    for response in (await client.get("/v2/models/vgg"), await client.post("/v2/models/vgg/infer", json=infer_body([0.0] * 784, [1, 28, 28]))):
+    for response in (
+        await client.get("/v2/models/vgg"),
+        await client.post("/v2/models/vgg/infer", json=infer_body([0.0] * 784, [1, 28, 28])),
+    ):
         assert response.status_code == 404 and "unknown model 'vgg'" in response.json()["error"]
 
 
