@@ -1,6 +1,7 @@
 """Shared fixtures: the real MNIST data, image builders, the app in-process and over TCP."""
 
 import asyncio
+import contextlib
 import io
 import os
 import socket
@@ -61,18 +62,23 @@ def stroke_digit_one(size: int = 28, *, thickness: int = 3) -> np.ndarray:
     return image
 
 
+@contextlib.asynccontextmanager
+async def serving(**settings: object) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process through ASGITransport, lifespan run, once it reports ready."""
+    app = create_app(Settings(weights_dir=WEIGHTS, warmup_batches=1, **settings))  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        for _ in range(600):
+            if (await http.get("/readyz")).status_code == 200:
+                break
+            await asyncio.sleep(0.05)
+        yield http
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    """The app in-process through ASGITransport, lifespan run, waiting until ready."""
-    app = create_app(Settings(weights_dir=WEIGHTS, warmup_batches=1))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            for _ in range(600):
-                if (await http.get("/readyz")).status_code == 200:
-                    break
-                await asyncio.sleep(0.05)
-            yield http
+    async with serving() as http:
+        yield http
 
 
 def free_port() -> int:

@@ -1,15 +1,10 @@
 """Open Inference Protocol (KServe V2) over the app in-process, plus API-key protection."""
 
-import asyncio
-from pathlib import Path
-
 import httpx
 import numpy as np
 import pytest
 
-from service.app import create_app
-from service.config import Settings
-from tests.conftest import WEIGHTS, stroke_digit_one
+from tests.conftest import serving, stroke_digit_one
 
 ONE = (stroke_digit_one() / 255).astype(np.float32)
 
@@ -87,22 +82,15 @@ async def test_unknown_model_is_404(client: httpx.AsyncClient) -> None:
         assert response.status_code == 404 and "unknown model 'vgg'" in response.json()["error"]
 
 
-def test_api_key_guards_inference_but_not_health(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        app = create_app(Settings(weights_dir=WEIGHTS, api_key="s3cret", warmup_batches=1))
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-                while (await http.get("/readyz")).status_code != 200:
-                    await asyncio.sleep(0.05)
-                body = infer_body(ONE.tolist(), [1, 28, 28])
-                missing = await http.post("/v2/models/resnet/infer", json=body)
-                assert missing.status_code == 401 and "API key" in missing.json()["error"]
-                wrong = await http.post("/predict", json={"images": ["AAAA"]}, headers={"X-API-Key": "guess"})
-                assert wrong.status_code == 401 and "API key" in wrong.json()["detail"]
-                right = await http.post("/v2/models/resnet/infer", json=body, headers={"X-API-Key": "s3cret"})
-                assert right.status_code == 200
-                for path in ("/healthz", "/readyz", "/metrics", "/v2/health/ready"):
-                    assert (await http.get(path)).status_code == 200
-                assert (await http.get("/model-info")).json()["settings"]["api_key_required"] is True
-
-    asyncio.run(scenario())
+async def test_api_key_guards_inference_but_not_health() -> None:
+    async with serving(api_key="s3cret") as http:
+        body = infer_body(ONE.tolist(), [1, 28, 28])
+        missing = await http.post("/v2/models/resnet/infer", json=body)
+        assert missing.status_code == 401 and "API key" in missing.json()["error"]
+        wrong = await http.post("/predict", json={"images": ["AAAA"]}, headers={"X-API-Key": "guess"})
+        assert wrong.status_code == 401 and "API key" in wrong.json()["detail"]
+        right = await http.post("/v2/models/resnet/infer", json=body, headers={"X-API-Key": "s3cret"})
+        assert right.status_code == 200
+        for path in ("/healthz", "/readyz", "/metrics", "/v2/health/ready"):
+            assert (await http.get(path)).status_code == 200
+        assert (await http.get("/model-info")).json()["settings"]["api_key_required"] is True
