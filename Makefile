@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= ../shared/data
 
-.PHONY: serve test lint typecheck unit train evaluate clean
+.PHONY: serve test lint typecheck train evaluate docker-test clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,15 @@ lint: $(BIN)/.installed-dev
 typecheck: $(BIN)/.installed-dev
 	$(BIN)/mypy models service
 
-test: $(BIN)/.installed-dev lint typecheck
-	DIGITS_TEST_DATA_DIR=$(DATA_DIR) $(BIN)/pytest
+# The browser test drives Debian's chromium; as root on Debian it is installed here.
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; \
+	else echo "install chromium (Debian: apt-get install chromium) or set CHROMIUM=/path/to/chromium" >&2; exit 1; fi
+
+test: $(BIN)/.installed-dev $(CHROMIUM) lint typecheck
+	DIGITS_TEST_DATA_DIR=$(DATA_DIR) DIGITS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest
 
 train: $(BIN)/.installed-dev
 	$(BIN)/python -m models.train --arch resnet --data-dir $(DATA_DIR) --no-download
@@ -38,3 +45,6 @@ evaluate: $(BIN)/.installed-dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts
+
+docker-test: $(BIN)/.installed-dev
+	VENV_BIN=$(BIN) deploy/docker/docker-test.sh

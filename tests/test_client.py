@@ -1,0 +1,482 @@
+"""The Python client and the ``digits`` CLI against the real server over TCP, and its retries offline.
+
+The committed weights may be small placeholders, so no test asserts which digit is read:
+they compare with what a plain /predict call answers for the same image, and check
+structure, order, counts and errors.
+"""
+
+import io
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+import service.client as client_module
+from service import schemas
+from service.client import (
+    AsyncClient,
+    Client,
+    DigitsConnectionError,
+    DigitsError,
+    DigitsHTTPError,
+    DigitsInputError,
+    ImageInput,
+    main,
+)
+from tests.conftest import ROOT, LiveServer, free_port, png_bytes, start_server, stop_server, stroke_digit_one
+
+MODELS = {"inception", "resnet", "ensemble"}
+
+
+def ring(size: int = 28) -> np.ndarray:
+    """A hollow ellipse, zero-like."""
+    y, x = np.mgrid[:size, :size]
+    r = ((x - size / 2 + 0.5) / 6) ** 2 + ((y - size / 2 + 0.5) / 9) ** 2
+    return ((r > 0.6) & (r < 1.0)).astype(np.uint8) * 255
+
+
+def bar(size: int = 28) -> np.ndarray:
+    """A horizontal stroke with a hook, seven-like."""
+    image = np.zeros((size, size), dtype=np.uint8)
+    image[6:9, 6:22] = 255
+    for row in range(9, 23):
+        column = 21 - (row - 9) // 2
+        image[row, column - 1 : column + 2] = 255
+    return image
+
+
+def cross(size: int = 28) -> np.ndarray:
+    """Two crossed strokes, four-ish."""
+    image = np.zeros((size, size), dtype=np.uint8)
+    image[5:23, 15:18] = 255
+    image[14:17, 6:22] = 255
+    image[5:16, 6:9] = 255
+    return image
+
+
+def one(size: int = 28) -> np.ndarray:
+    return stroke_digit_one(size)
+
+
+def direct(server: LiveServer, *images: np.ndarray, **params: str) -> dict[str, Any]:
+    """What a plain multipart /predict call answers: the reference the client must reproduce."""
+    files = [("files", (f"{i}.png", png_bytes(image), "image/png")) for i, image in enumerate(images)]
+    response = httpx.post(server.url + "/predict", files=files, params=params, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def assert_same(prediction: schemas.Prediction, expected: dict[str, Any]) -> None:
+    assert prediction.label == expected["label"]
+    # the dynamic batcher may group the images differently, which moves the last float bits
+    assert prediction.probabilities == pytest.approx(expected["probabilities"], abs=1e-4)
+
+
+@pytest.fixture
+def client(live_server: LiveServer) -> Iterator[Client]:
+    with Client(live_server.url, timeout=30) as c:
+        yield c
+
+
+# Inputs ------------------------------------------------------------------------------
+
+
+def test_each_input_kind_gives_the_direct_answer(client: Client, live_server: LiveServer, tmp_path: Path) -> None:
+    image = one()
+    path = tmp_path / "one.png"
+    path.write_bytes(png_bytes(image))
+    expected = direct(live_server, image)["predictions"][0]
+    opened = Image.open(path)
+    kinds: dict[str, ImageInput] = {
+        "str path": str(path),
+        "Path": path,
+        "bytes": png_bytes(image),
+        "bytearray": bytearray(png_bytes(image)),
+        "binary file": io.BytesIO(png_bytes(image)),
+        "PIL image": Image.fromarray(image),
+        "opened PIL image": opened,
+        "uint8 array": image,
+        "float array": image.astype(np.float32) / 255,
+        "float64 array": image / 255.0,
+        "int64 array": image.astype(np.int64),
+        "bool array": image > 0,
+    }
+    for kind, item in kinds.items():
+        response = client.predict(item)
+        assert type(response) is schemas.PredictResponse, kind  # the shared contract, not a copy
+        assert len(response.predictions) == 1, kind
+        assert type(response.predictions[0]) is schemas.Prediction
+        assert_same(response.predictions[0], expected)
+    opened.close()
+
+
+def test_a_mixed_list_keeps_its_order(client: Client, live_server: LiveServer, tmp_path: Path) -> None:
+    images = [one(), ring(), bar(), cross(), ring()]
+    expected = direct(live_server, *images)["predictions"]
+    assert len({tuple(np.round(p["probabilities"], 3)) for p in expected}) >= 3  # distinct enough to detect a reorder
+    path = tmp_path / "first.png"
+    path.write_bytes(png_bytes(images[0]))
+    mixed: list[ImageInput] = [path, png_bytes(images[1]), Image.fromarray(images[2]), images[3], images[4].astype(np.float64) / 255]
+    response = client.predict(mixed)
+    assert len(response.predictions) == len(images)
+    for prediction, reference in zip(response.predictions, expected, strict=True):
+        assert_same(prediction, reference)
+    assert client.predict(tuple(mixed)).model == response.model
+
+
+def test_model_selection_and_default(client: Client, live_server: LiveServer) -> None:
+    info = client.model_info()
+    assert {m.name for m in info.models} == MODELS
+    assert client.predict(one()).model == info.default_model
+    for name in sorted(MODELS):
+        response = client.predict([one(), ring()], model=name)
+        assert response.model == name
+        for prediction, reference in zip(response.predictions, direct(live_server, one(), ring(), model=name)["predictions"], strict=True):
+            assert_same(prediction, reference)
+
+
+def test_include_input(client: Client) -> None:
+    assert client.predict(one()).predictions[0].input is None
+    seen = client.predict([one(), ring()], include_input=True).predictions
+    for prediction in seen:
+        assert prediction.input is not None
+        assert np.asarray(prediction.input).shape == (28, 28)
+    assert np.asarray(seen[0].input).max() == pytest.approx(1.0)
+    assert np.asarray(seen[0].input) == pytest.approx(one() / 255, abs=1e-3)  # white on black 28x28 passes through untouched
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        (np.zeros((2, 28, 28), np.uint8), r"list\(array\)"),
+        (np.full((28, 28), 1.5), r"\[0, 1\]"),
+        (np.full((28, 28), np.nan, np.float32), r"\[0, 1\]"),
+        (np.full((28, 28), 300), "0 .. 255"),
+        (np.zeros((28, 28), np.complex64), "dtype"),
+        (12, "unsupported type int"),
+        ("no/such/file.png", "cannot read"),
+        ([], "no images"),
+    ],
+)
+def test_bad_local_input_fails_before_sending(item: object, message: str) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("nothing should be sent")
+
+    with Client(transport=httpx.MockTransport(refuse)) as c, pytest.raises(DigitsInputError, match=message) as caught:
+        c.predict(item)  # type: ignore[arg-type]
+    assert isinstance(caught.value, DigitsError) and isinstance(caught.value, ValueError)
+
+
+# Server errors -------------------------------------------------------------------------
+
+
+def test_a_blank_image_raises_with_the_server_message(client: Client, tmp_path: Path) -> None:
+    path = tmp_path / "x.png"
+    path.write_bytes(png_bytes(np.zeros((28, 28), np.uint8)))
+    with pytest.raises(DigitsHTTPError) as caught:
+        client.predict([one(), path])
+    error = caught.value
+    assert error.status_code == 422
+    assert "blank" in error.detail and "image 1 ('x.png')" in error.detail
+    assert str(error) == f"422: {error.detail}"
+    assert isinstance(error, DigitsError)
+
+
+def test_an_unknown_model_raises_404(client: Client) -> None:
+    with pytest.raises(DigitsHTTPError) as caught:
+        client.predict(one(), model="lenet")
+    assert caught.value.status_code == 404
+    assert "unknown model 'lenet'" in caught.value.detail
+
+
+def test_probes(client: Client) -> None:
+    assert client.ready() is True
+    assert client.healthy() is True
+    assert type(client.model_info()) is schemas.ModelInfoResponse
+
+
+def test_an_unreachable_server(tmp_path: Path) -> None:
+    with Client(f"http://127.0.0.1:{free_port()}", retries=1, backoff=0, timeout=5) as c:
+        assert c.ready() is False
+        assert c.healthy() is False
+        with pytest.raises(DigitsConnectionError, match="after 2 attempts"):
+            c.predict(one())
+
+
+def test_api_key(tmp_path: Path) -> None:
+    server = start_server(tmp_path, DIGITS_API_KEY="k")
+    try:
+        with Client(server.url) as anonymous, pytest.raises(DigitsHTTPError) as caught:
+            anonymous.predict(one())
+        assert caught.value.status_code == 401 and "X-API-Key" in caught.value.detail
+        with Client(server.url, api_key="wrong") as wrong, pytest.raises(DigitsHTTPError, match="401"):
+            wrong.predict(one())
+        with Client(server.url, api_key="k") as keyed:
+            assert len(keyed.predict([one(), ring()]).predictions) == 2
+        assert main(["predict", "--url", server.url, "--api-key", "k", str(write(tmp_path / "a.png", one()))]) == 0
+    finally:
+        stop_server(server)
+
+
+# Retries (offline, through httpx.MockTransport) ---------------------------------------
+
+OK_BODY = {"model": "resnet", "predictions": [{"label": 3, "confidence": 0.5, "probabilities": [0.05] * 9 + [0.55]}]}
+
+
+class Script:
+    """A MockTransport handler that answers from a list and records each request."""
+
+    def __init__(self, *answers: httpx.Response | Exception) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def busy(retry_after: str | None = "0") -> httpx.Response:
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    return httpx.Response(503, json={"detail": "the models are still warming up"}, headers=headers)
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The waits between attempts, recorded instead of slept."""
+    waited: list[float] = []
+    monkeypatch.setattr(time, "sleep", waited.append)
+
+    async def async_sleep(seconds: float) -> None:
+        waited.append(seconds)
+
+    monkeypatch.setattr(anyio, "sleep", async_sleep)
+    return waited
+
+
+def test_503_is_retried_honouring_retry_after(sleeps: list[float]) -> None:
+    script = Script(busy("0"), busy("2"), httpx.Response(200, json=OK_BODY))
+    with Client(transport=httpx.MockTransport(script), api_key="k") as c:
+        response = c.predict(one(), model="resnet")
+    assert len(script.requests) == 3
+    assert sleeps == [0.0, 2.0]
+    assert response.model == "resnet" and response.predictions[0].label == 3
+    request = script.requests[-1]
+    assert request.url.path == "/predict" and request.url.params["model"] == "resnet"
+    assert request.headers["X-API-Key"] == "k" and request.headers["Content-Type"].startswith("multipart/form-data")
+    assert b'name="files"; filename="array.png"' in request.read()
+
+
+def test_without_retry_after_the_backoff_doubles(sleeps: list[float]) -> None:
+    script = Script(busy(None), busy("soon"), busy(None), httpx.Response(200, json=OK_BODY))
+    with Client(transport=httpx.MockTransport(script), backoff=0.25) as c:
+        c.predict(one())
+    assert sleeps == [0.25, 0.5, 1.0]
+
+
+def test_retries_run_out(sleeps: list[float]) -> None:
+    script = Script(busy("0"))
+    with Client(transport=httpx.MockTransport(script), retries=2) as c, pytest.raises(DigitsHTTPError) as caught:
+        c.predict(one())
+    assert len(script.requests) == 3
+    assert caught.value.status_code == 503 and caught.value.detail == "the models are still warming up"
+    assert caught.value.retry_after == 0
+
+
+def test_client_errors_and_500_are_not_retried(sleeps: list[float]) -> None:
+    for status in (400, 401, 404, 413, 422, 500):
+        script = Script(httpx.Response(status, json={"detail": f"status {status}"}, headers={"Retry-After": "0"}))
+        with Client(transport=httpx.MockTransport(script)) as c, pytest.raises(DigitsHTTPError, match=f"^{status}: status {status}$"):
+            c.predict(one())
+        assert len(script.requests) == 1
+    assert sleeps == []
+
+
+def test_a_non_json_error_body_is_kept() -> None:
+    script = Script(httpx.Response(502, text="<html>Bad Gateway</html>"))
+    with Client(transport=httpx.MockTransport(script), retries=0) as c, pytest.raises(DigitsHTTPError, match=r"^502: <html>Bad Gateway"):
+        c.model_info()
+
+
+def test_connection_errors_are_retried(sleeps: list[float]) -> None:
+    script = Script(httpx.ConnectError("refused"), httpx.RemoteProtocolError("closed"), httpx.Response(200, json=OK_BODY))
+    with Client(transport=httpx.MockTransport(script), backoff=0.1) as c:
+        assert len(c.predict(one()).predictions) == 1
+    assert len(script.requests) == 3 and sleeps == [0.1, 0.2]
+
+
+def test_read_timeouts_are_not_retried(sleeps: list[float]) -> None:
+    script = Script(httpx.ReadTimeout("slow"))
+    with Client(transport=httpx.MockTransport(script)) as c, pytest.raises(client_module.DigitsTimeoutError):
+        c.predict(one())
+    assert len(script.requests) == 1
+
+
+def test_retry_after_as_an_http_date() -> None:
+    assert client_module._retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+    assert client_module._retry_after("3") == 3.0
+    assert client_module._retry_after("nonsense") is None
+
+
+async def test_async_client_retries(sleeps: list[float]) -> None:
+    script = Script(busy("0"), busy("1"), httpx.Response(200, json=OK_BODY))
+    async with AsyncClient(transport=httpx.MockTransport(script)) as c:
+        response = await c.predict([one()])
+    assert len(script.requests) == 3 and sleeps == [0.0, 1.0]
+    assert type(response) is schemas.PredictResponse
+
+
+# Async client against the server -----------------------------------------------------
+
+
+async def test_async_client(live_server: LiveServer, tmp_path: Path) -> None:
+    path = write(tmp_path / "one.png", one())
+    expected = direct(live_server, one(), ring())["predictions"]
+    async with AsyncClient(live_server.url) as c:
+        assert await c.ready() and await c.healthy()
+        info = await c.model_info()
+        assert type(info) is schemas.ModelInfoResponse and {m.name for m in info.models} == MODELS
+        response = await c.predict([path, ring()], model="inception", include_input=True)
+        assert response.model == "inception" and all(p.input is not None for p in response.predictions)
+        response = await c.predict([Image.open(path), ring() / 255.0])
+        for prediction, reference in zip(response.predictions, expected, strict=True):
+            assert_same(prediction, reference)
+        with pytest.raises(DigitsHTTPError, match="blank") as caught:
+            await c.predict(np.zeros((28, 28), np.uint8))
+        assert caught.value.status_code == 422
+
+
+# CLI ---------------------------------------------------------------------------------
+
+
+def write(path: Path, image: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png_bytes(image))
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """Five images in a directory, named so that sorting matters, plus files to skip."""
+    directory = tmp_path / "scans"
+    for name, image in [("b.png", ring()), ("a.PNG", bar()), ("d.png", one()), ("c.png", cross()), ("e.png", ring())]:
+        write(directory / name, image)
+    Image.fromarray(one()).save(directory / "f.jpg", quality=95)
+    (directory / "notes.txt").write_text("not an image")
+    (directory / "nested").mkdir()
+    write(directory / "nested" / "z.png", one())
+    return directory
+
+
+def test_cli_predict_table(live_server: LiveServer, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    single = write(tmp_path / "one.png", one())
+    assert main(["predict", str(single), str(folder), "--url", live_server.url]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["file", "digit", "confidence"]
+    names = [str(single), *(str(folder / n) for n in ["a.PNG", "b.png", "c.png", "d.png", "e.png", "f.jpg"])]
+    assert [line.split()[0] for line in out[1:]] == names
+    expected = direct(live_server, one(), bar(), ring(), cross(), one(), ring())["predictions"]
+    for line, reference in zip(out[1:], expected, strict=False):  # f.jpg is lossy: checked for shape only
+        _, digit, confidence = line.split()
+        assert int(digit) == reference["label"]
+        assert float(confidence.rstrip("%")) == pytest.approx(100 * max(reference["probabilities"]), abs=0.11)
+    assert out[-1].split()[1].isdigit() and out[-1].endswith("%")
+
+
+def test_cli_predict_json_in_batches(live_server: LiveServer, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["predict", str(folder), "--url", live_server.url, "--json", "--batch-size", "2", "--model", "resnet"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["model"] == "resnet"
+    assert [Path(p["file"]).name for p in result["predictions"]] == ["a.PNG", "b.png", "c.png", "d.png", "e.png", "f.jpg"]
+    expected = direct(live_server, bar(), ring(), cross(), one(), ring(), model="resnet")["predictions"]
+    for got, reference in zip(result["predictions"], expected, strict=False):
+        assert got["label"] == reference["label"]
+        assert got["probabilities"] == pytest.approx(reference["probabilities"], abs=1e-4)
+        assert got["confidence"] == pytest.approx(max(got["probabilities"]))
+    assert "Traceback" not in captured.err
+
+
+def test_cli_blank_image_fails_with_the_server_message(live_server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = write(tmp_path / "one.png", one())
+    blank = write(tmp_path / "x.png", np.zeros((28, 28), np.uint8))
+    assert main(["predict", str(blank), str(good), "--url", live_server.url]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: 422: image 0 ('x.png') is blank")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["predict", "missing.png"], "error: no such file or directory: missing.png"),
+        (["predict", "{empty}"], "error: no images to predict"),
+        (["predict", "{one}", "--model", "lenet"], "error: 404: unknown model 'lenet'"),
+    ],
+)
+def test_cli_errors(live_server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    (tmp_path / "empty").mkdir()
+    one_path = write(tmp_path / "one.png", one())
+    argv = [a.format(empty=tmp_path / "empty", one=one_path) for a in argv]
+    assert main([*argv, "--url", live_server.url]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_cli_unreachable_and_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "--url", f"http://127.0.0.1:{free_port()}", "--timeout", "5"]) == 1
+    assert "error: cannot reach" in capsys.readouterr().err
+    assert main(["predict"]) == 2
+    assert main(["predict", "x.png", "--batch-size", "0"]) == 2
+    assert main(["--help"]) == 0
+    assert "predict" in capsys.readouterr().out
+
+
+def test_cli_info(live_server: LiveServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    with Client(live_server.url) as c:
+        info = c.model_info()
+    assert main(["info", "--url", live_server.url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "architecture", "parameters", "test", "accuracy", "device", "sha256"]
+    table = {line.split()[0]: line for line in lines[1:-1]}
+    assert set(table) == MODELS
+    assert "*" in table[info.default_model]
+    for model in info.models:
+        row = table[model.name]
+        assert f"{model.parameters:,}" in row and model.device in row
+        assert f"{100 * model.metrics['test_accuracy']:.2f}%" in row
+        assert model.architecture.split(":")[0] in row
+        if model.weights.sha256:
+            assert model.weights.sha256[:12] in row and model.weights.sha256[:13] not in row
+
+    monkeypatch.setenv("DIGITS_URL", live_server.url)  # the default --url
+    assert main(["info", "--json"]) == 0
+    parsed = schemas.ModelInfoResponse.model_validate_json(capsys.readouterr().out)
+    assert {m.name for m in parsed.models} == MODELS
+
+
+def test_module_entry_point_and_no_torch(live_server: LiveServer, tmp_path: Path) -> None:
+    path = write(tmp_path / "one.png", one())
+    run = subprocess.run(
+        [sys.executable, "-m", "service.client", "predict", str(path), "--url", live_server.url, "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert len(json.loads(run.stdout)["predictions"]) == 1
+    code = "import sys, service.client; print(sorted({'torch', 'numpy', 'PIL'} & set(sys.modules)))"
+    light = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert light.returncode == 0, light.stderr
+    assert light.stdout.strip() == "[]"  # importing the client stays light: no torch, and numpy/Pillow only when used
