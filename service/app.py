@@ -219,4 +219,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(v2.router)
+    if settings.fault_injection:
+
+        @app.post("/debug/fail-next-batch", include_in_schema=False)
+        async def fail_next_batch(runtime: Annotated[Runtime, Depends(get_runtime)]) -> dict[str, int]:
+            """Test hook: the next forward pass raises, failing exactly the requests batched into it."""
+            runtime.faults_to_inject += 1
+            return {"faults_to_inject": runtime.faults_to_inject}
+
     return app

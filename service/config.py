@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="when set, /predict and /v2 need header X-API-Key")
     cors_origins: list[str] = Field(default_factory=list, description='JSON list of origins allowed by CORS, e.g. ["*"]')
     shutdown_grace_s: float = Field(20.0, ge=0, description="time to finish queued work after SIGTERM")
+    fault_injection: bool = Field(False, description="test hook: enables POST /debug/fail-next-batch; never in production")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
     def public(self) -> dict[str, object]:

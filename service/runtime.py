@@ -6,6 +6,7 @@ begins.
 """
 
 import asyncio
+import functools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ class Runtime:
         self.batchers: dict[str, DynamicBatcher] = {}
         self.ready = False
         self.draining = False
+        self.faults_to_inject = 0  # test hook, armed only through DIGITS_FAULT_INJECTION
         for name, model in self.models.items():
             self.metrics.model_info.labels(name).info({"sha256": model.sha256 or "", "device": str(self.device)})
 
@@ -44,7 +46,7 @@ class Runtime:
         for name, model in self.models.items():
             batcher = DynamicBatcher(
                 name,
-                model.forward,
+                functools.partial(self._forward, model),
                 self._executor,
                 max_batch_size=self.settings.max_batch_size,
                 max_wait_s=self.settings.max_batch_wait_ms / 1000,
@@ -66,6 +68,12 @@ class Runtime:
             log.info("warmed up %s with batch sizes %s", name, sizes)
         self.ready = not self.draining
         log.info("ready: %s", ", ".join(self.models))
+
+    def _forward(self, model: ServedModel, images: torch.Tensor) -> torch.Tensor:
+        if self.faults_to_inject > 0:
+            self.faults_to_inject -= 1
+            raise RuntimeError(f"injected fault in a forward pass of {model.name} ({len(images)} images)")
+        return model.forward(images)
 
     async def predict(self, name: str, images: torch.Tensor) -> torch.Tensor:
         try:
