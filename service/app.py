@@ -11,7 +11,10 @@ import torch
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -30,7 +33,9 @@ from service.schemas import (
     HealthResponse,
     ModelInfo,
     ModelInfoResponse,
+    PredictJSONRequest,
     PredictResponse,
+    V2InferenceRequest,
     WeightsInfo,
 )
 
@@ -100,6 +105,24 @@ def _register_error_handlers(app: FastAPI) -> None:
         request_id = request.scope.get("state", {}).get("request_id", "?")
         log.error("unhandled error in request %s", request_id, exc_info=exc)
         return _error(request, 500, f"internal error; quote request id {request_id} when reporting it")
+
+
+def _document_hand_parsed_bodies(app: FastAPI, models: list[type[BaseModel]]) -> None:
+    """Add the schemas of bodies that routes parse themselves to the OpenAPI components.
+
+    /predict (multipart or JSON) and V2 infer (JSON under any Content-Type) read their own
+    bodies, so FastAPI does not collect these models; their requestBody entries refer to them.
+    """
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            _, definitions = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -219,6 +242,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(v2.router)
+    _document_hand_parsed_bodies(app, [PredictJSONRequest, V2InferenceRequest])
     if settings.fault_injection:
 
         @app.post("/debug/fail-next-batch", include_in_schema=False)

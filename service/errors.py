@@ -1,6 +1,8 @@
 """The one error type a client's bad input becomes, and the overload error."""
 
-__all__ = ["InputError", "Overloaded"]
+from pydantic import ValidationError
+
+__all__ = ["InputError", "Overloaded", "invalid_body"]
 
 
 class InputError(ValueError):
@@ -19,3 +21,10 @@ class Overloaded(RuntimeError):
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+
+
+def invalid_body(exc: ValidationError, status_code: int = 422) -> InputError:
+    """The first validation problem of a JSON body, with where in the body it is."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    return InputError(f"invalid JSON body at {where}: {first['msg']}", status_code)

@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from service.config import Settings
-from service.errors import InputError
+from service.errors import InputError, invalid_body
 from service.preprocess import decode_image, describe, to_mnist
 from service.schemas import Prediction, PredictJSONRequest, PredictResponse
 
@@ -77,9 +77,7 @@ async def _read_json(request: Request, settings: Settings) -> list[RawImage]:
     try:
         payload = PredictJSONRequest.model_validate_json(await request.body())
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise InputError(f"invalid JSON body at {where}: {first['msg']}") from None
+        raise invalid_body(exc) from None
     _check_count(len(payload.images), settings)
     images = []
     for index, text in enumerate(payload.images):

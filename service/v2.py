@@ -6,16 +6,17 @@ Input: one tensor, FP32 intensities in [0, 1] or UINT8 0-255, shape [N, 1, 28, 2
 """
 
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from service import __version__
 from service.dependencies import get_runtime, ready_runtime, require_api_key
-from service.errors import InputError
+from service.errors import InputError, invalid_body
 from service.runtime import Runtime
 from service.schemas import (
     V2Error,
@@ -38,9 +39,13 @@ OUTPUTS = ("probabilities", "label")
 ERRORS: dict[int | str, dict[str, object]] = {code: {"model": V2Error} for code in (400, 404, 413, 503)}
 
 
-def _model(name: str, runtime: Annotated[Runtime, Depends(get_runtime)]) -> str:
+def _model(request: Request, name: str, runtime: Annotated[Runtime, Depends(get_runtime)]) -> str:
+    """The model name; on the ``/versions/{version}`` routes the version must be the one served."""
     if name not in runtime.models:
         raise InputError(f"unknown model {name!r}; available: {', '.join(runtime.models)}", status_code=404)
+    version = request.path_params.get("version", MODEL_VERSION)
+    if version != MODEL_VERSION:
+        raise InputError(f"model {name!r} has no version {version!r}; available: {MODEL_VERSION}", status_code=404)
     return name
 
 
@@ -93,6 +98,7 @@ async def server_metadata() -> V2ServerMetadata:
 
 
 @router.get("/models/{name}", response_model=V2ModelMetadata)
+@router.get("/models/{name}/versions/{version}", response_model=V2ModelMetadata)
 async def model_metadata(name: Annotated[str, Depends(_model)]) -> V2ModelMetadata:
     return V2ModelMetadata(
         name=name,
@@ -107,6 +113,7 @@ async def model_metadata(name: Annotated[str, Depends(_model)]) -> V2ModelMetada
 
 
 @router.get("/models/{name}/ready", response_model=V2ModelReady, responses={400: {"model": V2ModelReady}})
+@router.get("/models/{name}/versions/{version}/ready", response_model=V2ModelReady, responses={400: {"model": V2ModelReady}})
 async def model_ready(
     name: Annotated[str, Depends(_model)], runtime: Annotated[Runtime, Depends(get_runtime)]
 ) -> V2ModelReady | JSONResponse:
@@ -115,17 +122,35 @@ async def model_ready(
     return V2ModelReady(name=name, ready=True)
 
 
-@router.post(
-    "/models/{name}/infer",
-    response_model=V2InferenceResponse,
-    response_model_exclude_none=True,
-    dependencies=[Depends(require_api_key)],
-    responses={401: {"model": V2Error}},
-)
+INFER_OPTIONS: dict[str, Any] = {
+    "response_model": V2InferenceResponse,
+    "response_model_exclude_none": True,
+    "dependencies": [Depends(require_api_key)],
+    "responses": {401: {"model": V2Error}},
+    # The body is parsed by hand (V2 clients send it as JSON without saying so), so it is
+    # documented here; the schema itself is added to the components by the app.
+    "openapi_extra": {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/V2InferenceRequest"}}}}
+    },
+}
+
+
+@router.post("/models/{name}/infer", **INFER_OPTIONS)
+@router.post("/models/{name}/versions/{version}/infer", **INFER_OPTIONS)
 async def infer(
-    request: Request, body: V2InferenceRequest, name: Annotated[str, Depends(_model)], runtime: Annotated[Runtime, Depends(ready_runtime)]
+    request: Request, name: Annotated[str, Depends(_model)], runtime: Annotated[Runtime, Depends(ready_runtime)]
 ) -> V2InferenceResponse:
-    """Probabilities and labels for a batch of 28x28 images."""
+    """Probabilities and labels for a batch of 28x28 images.
+
+    The body is JSON whatever its Content-Type says: tritonclient sends none, its aiohttp
+    client sends application/octet-stream. The binary tensor extension is not supported.
+    """
+    if "inference-header-content-length" in request.headers:
+        raise InputError("binary tensor data is not supported; send every tensor as JSON", 400)
+    try:
+        body = V2InferenceRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise invalid_body(exc, status_code=400) from None
     if len(body.inputs) != 1:
         raise InputError(f"expected exactly one input tensor, got {len(body.inputs)}", 400)
     wanted = [output.name for output in body.outputs] if body.outputs else list(OUTPUTS)
