@@ -138,24 +138,30 @@ class DynamicBatcher:
             if batch:
                 await self._run_batch(batch)
 
+    def _forward_chunks(self, chunks: list[torch.Tensor]) -> torch.Tensor:
+        """Concatenate and run in the inference thread: torch ops on the event loop would
+        compete with the forward pass for torch's thread pool."""
+        return self._forward(chunks[0] if len(chunks) == 1 else torch.cat(chunks))
+
     async def _run_batch(self, batch: list[_Item]) -> None:
-        images = torch.cat([item.images for item in batch]) if len(batch) > 1 else batch[0].images
+        size = sum(len(item.images) for item in batch)
         started = time.perf_counter()
         try:
-            probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self._forward, images)
+            chunks = [item.images for item in batch]
+            probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self._forward_chunks, chunks)
         except Exception as exc:  # a failed forward fails only this batch's requests
-            log.exception("forward pass of %s failed for a batch of %d images", self.name, len(images))
+            log.exception("forward pass of %s failed for a batch of %d images", self.name, size)
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
         finished = time.perf_counter()
         self.stats.batches += 1
-        self.stats.images += len(images)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(images))
+        self.stats.images += size
+        self.stats.largest_batch = max(self.stats.largest_batch, size)
         if self._observer is not None:
             waits = [started - item.enqueued for item in batch]
-            self._observer.observe_batch(self.name, len(images), waits, finished - started)
+            self._observer.observe_batch(self.name, size, waits, finished - started)
         offset = 0
         for item in batch:
             if not item.future.done():

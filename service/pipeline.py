@@ -115,13 +115,15 @@ def decode(images: list[RawImage], settings: Settings) -> torch.Tensor:
 
 
 def encode(model: str, probabilities: torch.Tensor, inputs: torch.Tensor | None = None) -> PredictResponse:
-    confidence, labels = probabilities.max(dim=1)
-    rows = probabilities.tolist()
-    seen = inputs[:, 0].round(decimals=4).tolist() if inputs is not None else [None] * len(rows)
+    """The response; numpy, not torch, so that nothing here touches torch's thread pool."""
+    rows = probabilities.numpy()
+    labels = rows.argmax(axis=1)
+    confidence = rows[np.arange(len(rows)), labels]
+    seen = inputs[:, 0].numpy().round(4).tolist() if inputs is not None else [None] * len(rows)
     return PredictResponse(
         model=model,
         predictions=[
             Prediction(label=label, confidence=conf, probabilities=row, input=image)
-            for label, conf, row, image in zip(labels.tolist(), confidence.tolist(), rows, seen, strict=True)
+            for label, conf, row, image in zip(labels.tolist(), confidence.tolist(), rows.tolist(), seen, strict=True)
         ],
     )
