@@ -1,0 +1,156 @@
+"""The real server (``python -m service``) as a subprocess on a free loopback port.
+
+Started as ``tests/conftest.py`` starts it; the time from ``Popen`` to the first 200 from
+/readyz is the start-up time. A sampler thread follows the resident memory of the process
+and its children for the peak; on Linux the kernel's own high-water mark (VmHWM) is read too.
+"""
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+__all__ = ["ServerError", "ServerProcess", "free_port"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServerError(RuntimeError):
+    """The server exited or did not become ready."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _high_water_mark(pid: int) -> int:
+    """VmHWM of one process in bytes (Linux), 0 where unknown."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class ServerProcess:
+    """One server run, with the environment overrides of this benchmark phase."""
+
+    def __init__(self, label: str, env: dict[str, str], log_dir: Path, weights_dir: Path) -> None:
+        self.label = label
+        self.overrides = dict(env)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"server-{label}-{self.port}.log"
+        self.environment = {
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "DIGITS_WEIGHTS_DIR": str(weights_dir),
+            **self.overrides,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.ready_s: float | None = None
+        self.peak_rss = 0
+        self.rss_ready = 0  # resident bytes right after ready
+        self._stop_sampling = threading.Event()
+        self._sampler: threading.Thread | None = None
+        self._client = httpx.Client(base_url=self.url, timeout=10, trust_env=False)
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 120.0) -> float:
+        """Start and wait for /readyz; returns the seconds from process start to ready."""
+        with self.log_path.open("wb") as log:
+            started = time.perf_counter()
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service"], cwd=ROOT, env=self.environment, stdout=log, stderr=subprocess.STDOUT
+            )
+        self._sampler = threading.Thread(target=self._sample, name=f"rss-{self.label}", daemon=True)
+        self._sampler.start()
+        deadline = started + timeout_s
+        while time.perf_counter() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"server {self.label} exited with {self.process.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.TransportError):
+                if self._client.get("/readyz", timeout=1).status_code == 200:
+                    self.ready_s = time.perf_counter() - started
+                    self.rss_ready = self.rss()
+                    return self.ready_s
+            time.sleep(0.01)
+        raise ServerError(f"server {self.label} not ready within {timeout_s} s:\n{self.log_tail()}")
+
+    def stop(self) -> int | None:
+        self._stop_sampling.set()
+        if self._sampler is not None:
+            self._sampler.join(timeout=5)
+        self._client.close()
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    # -- observations -----------------------------------------------------------------------
+
+    def _processes(self) -> list[psutil.Process]:
+        if self.process is None:
+            return []
+        try:
+            parent = psutil.Process(self.process.pid)
+            return [parent, *parent.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def rss(self) -> int:
+        """Resident bytes of the server process and its children now."""
+        total = 0
+        for process in self._processes():
+            with contextlib.suppress(psutil.Error):
+                total += process.memory_info().rss
+        return total
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds used so far by the server process and its children."""
+        total = 0.0
+        for process in self._processes():
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def _sample(self) -> None:
+        while not self._stop_sampling.is_set():
+            self.peak_rss = max(self.peak_rss, self.rss(), sum(_high_water_mark(p.pid) for p in self._processes()))
+            self._stop_sampling.wait(0.1)
+
+    def model_stats(self) -> dict[str, tuple[int, int]]:
+        """Per model: (forward passes, images) so far, from GET /model-info."""
+        response = self._client.get("/model-info")
+        response.raise_for_status()
+        return {entry["name"]: (int(entry["batches"]), int(entry["images"])) for entry in response.json()["models"]}
+
+    def model_info(self) -> dict[str, Any]:
+        response = self._client.get("/model-info")
+        response.raise_for_status()
+        info: dict[str, Any] = response.json()
+        return info

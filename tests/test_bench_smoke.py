@@ -1,0 +1,124 @@
+"""``python -m bench --quick`` end to end, as CI runs it: the structure of its results, never its speed."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+LIMIT_BATCH_SIZES = [1, 8, 32, 64, 128, 256]
+CONCURRENCY = [1, 8, 32, 64]
+LATENCY_KEYS = {"p50", "p95", "p99", "mean", "min", "max"}
+RUN_KEYS = {
+    "server",
+    "model",
+    "kind",
+    "body",
+    "concurrency",
+    "images_per_request",
+    "requests",
+    "ok",
+    "errors",
+    "wall_s",
+    "requests_per_s",
+    "images_per_s",
+    "latency_ms",
+    "mean_batch_size",
+    "forward_passes",
+    "limit_batch_size",
+    "limit_images_per_s",
+    "ratio_to_limit",
+    "loadgen_cpu_fraction",
+    "server_cpu_fraction",
+}
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[dict[str, Any], Path, str]:
+    out = tmp_path_factory.mktemp("bench")
+    command = [
+        sys.executable,
+        "-m",
+        "bench",
+        "--quick",
+        "--models",
+        "resnet",
+        "--results-dir",
+        str(out),
+        "--name",
+        "smoke",
+        "--data-dir",
+        str(data_dir),
+    ]
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    return json.loads((out / "smoke.json").read_text()), out, finished.stdout
+
+
+def test_files_are_written(quick_results) -> None:
+    results, out, stdout = quick_results
+    assert json.loads((out / "latest.json").read_text()) == results
+    png = (out / "throughput.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    assert "targets" in stdout and ("PASS" in stdout or "FAIL" in stdout)
+    assert (out / "raw" / "smoke").is_dir()  # server logs and payloads
+
+
+def test_top_level_structure(quick_results) -> None:
+    results, _, _ = quick_results
+    assert results["quick"] is True and results["name"] == "smoke" and results["schema"] == 1
+    assert results["config"]["models"] == ["resnet"]
+    assert results["machine"]["cpu_count"] >= 1 and results["machine"]["torch_threads"] >= 1
+    assert results["elapsed_s"] > 0
+
+
+def test_limits_cover_every_batch_size(quick_results) -> None:
+    results, _, _ = quick_results
+    limits = results["limits"]
+    assert [limit["batch_size"] for limit in limits] == LIMIT_BATCH_SIZES
+    assert all(limit["model"] == "resnet" and limit["images_per_s"] > 0 and limit["forward_ms_p50"] > 0 for limit in limits)
+
+
+def test_every_run_is_there_and_answered(quick_results) -> None:
+    results, _, _ = quick_results
+    runs = results["runs"]
+    for run in runs:
+        assert set(run) >= RUN_KEYS, RUN_KEYS - set(run)
+        assert run["errors"] == 0 and run["ok"] > 0, run
+        assert set(run["latency_ms"]) == LATENCY_KEYS
+        assert run["latency_ms"]["p50"] <= run["latency_ms"]["p95"] <= run["latency_ms"]["p99"]
+        assert run["loadgen_cpu_fraction"] > 0
+    singles = {(r["server"], r["body"], r["concurrency"]) for r in runs if r["kind"] == "single"}
+    expected = {(server, body, c) for server in ("batching", "no-batching") for body in ("multipart", "json") for c in CONCURRENCY}
+    assert singles == expected
+    batches = [r for r in runs if r["kind"] == "batch"]
+    assert sorted(r["images_per_request"] for r in batches) == [64, 256]
+    for run in batches:
+        assert run["limit_batch_size"] == run["images_per_request"] and run["ratio_to_limit"] > 0
+        assert run["mean_batch_size"] >= 1
+    for run in (r for r in runs if r["server"] == "no-batching"):
+        assert run["mean_batch_size"] == 1  # DIGITS_MAX_BATCH_SIZE=1
+    assert [r["kind"] for r in runs].count("healthz") == 1
+
+
+def test_servers_soak_latency_floor_and_targets(quick_results) -> None:
+    results, _, _ = quick_results
+    servers = {s["label"]: s for s in results["servers"]}
+    assert set(servers) == {"batching", "no-batching"}
+    assert servers["no-batching"]["env"] == {"DIGITS_MAX_BATCH_SIZE": "1"}
+    for server in servers.values():
+        assert server["ready_s"] > 0 and server["peak_rss_mb"] > 50
+    soak = results["soak"]
+    assert soak["requests"] == 500 and soak["errors"] == 0 and soak["model"] == "resnet"
+    assert soak["rss_before_mb"] > 0 and soak["rss_after_mb"] > 0 and isinstance(soak["growth_pct"], float)
+    assert {(f["model"], f["body"]) for f in results["latency_floor"]} == {("resnet", "multipart"), ("resnet", "json")}
+    names = [t["name"] for t in results["targets"]]
+    assert any("batch-256" in n for n in names) and any("ready" in n for n in names) and any("RSS growth" in n for n in names)
+    assert all(isinstance(t["passed"], bool) for t in results["targets"])
+    assert results["summary"]["targets"] == len(results["targets"])
