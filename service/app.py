@@ -17,12 +17,13 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from models.registry import CLASSES, INPUT_SHAPE, SERVED_MODELS
 from service import __version__, v2
 from service.config import Settings
 from service.dependencies import get_runtime, ready_runtime, require_api_key
-from service.errors import InputError, Overloaded
+from service.errors import InputError, Overloaded, error_body
 from service.metrics import CONTENT_TYPE_LATEST, Metrics
 from service.middleware import AccessLogMiddleware, BodyLimitMiddleware
 from service.pipeline import decode, encode, read_request
@@ -58,27 +59,28 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
-PREDICT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                }
-            },
-            "application/json": {"schema": {"$ref": "#/components/schemas/PredictJSONRequest"}},
-        },
+def _predict_body(max_images: int) -> dict[str, Any]:
+    """/predict parses its own body (multipart or JSON), so its schema is written here."""
+    # No maxItems: the contract answers too many images with 413, not a schema violation's 422.
+    files = {
+        "type": "array",
+        "items": {"type": "string", "format": "binary"},
+        "minItems": 1,
+        "description": f"image files; at most {max_images} per request (413 above)",
     }
-}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {"files": files}}},
+                "application/json": {"schema": {"$ref": "#/components/schemas/PredictJSONRequest"}},
+            },
+        }
+    }
 
 
 def _error(request: Request, status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    """``{"detail": ...}`` as the contract says; ``{"error": ...}`` under /v2, as V2 says."""
-    key = "error" if request.url.path.startswith("/v2") else "detail"
-    return JSONResponse({key: message}, status_code=status, headers=headers)
+    return JSONResponse(error_body(request.url.path, message), status_code=status, headers=headers)
 
 
 def _register_error_handlers(app: FastAPI) -> None:
@@ -100,11 +102,10 @@ def _register_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return _error(request, exc.status_code, str(exc.detail), exc.headers)
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        request_id = request.scope.get("state", {}).get("request_id", "?")
-        log.error("unhandled error in request %s", request_id, exc_info=exc)
-        return _error(request, 500, f"internal error; quote request id {request_id} when reporting it")
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, _: ClientDisconnect) -> Response:
+        """The client hung up mid-upload: nobody will read an answer, and it is not our fault."""
+        return Response(status_code=499)
 
 
 def _document_hand_parsed_bodies(app: FastAPI, models: list[type[BaseModel]]) -> None:
@@ -159,7 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/predict",
         response_model=PredictResponse,
         responses=ERRORS,
-        openapi_extra=PREDICT_BODY,
+        openapi_extra=_predict_body(settings.max_images_per_request),
         tags=["predict"],
         dependencies=[Depends(require_api_key)],
     )

@@ -2,7 +2,7 @@
 
 from pydantic import ValidationError
 
-__all__ = ["InputError", "Overloaded", "invalid_body"]
+__all__ = ["InputError", "Overloaded", "error_body", "invalid_body"]
 
 
 class InputError(ValueError):
@@ -28,3 +28,8 @@ def invalid_body(exc: ValidationError, status_code: int = 422) -> InputError:
     first = exc.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "body"
     return InputError(f"invalid JSON body at {where}: {first['msg']}", status_code)
+
+
+def error_body(path: str, message: str) -> dict[str, str]:
+    """``{"detail": ...}`` as the contract says; ``{"error": ...}`` under /v2, as V2 says."""
+    return {"error" if path.startswith("/v2") else "detail": message}

@@ -11,7 +11,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import InputError
+from service.errors import InputError, error_body
 from service.metrics import Metrics
 
 __all__ = ["AccessLogMiddleware", "BodyLimitMiddleware"]
@@ -33,7 +33,7 @@ class BodyLimitMiddleware:
         too_large = f"the request body is larger than the limit of {self.max_bytes} bytes"
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_json(send, 413, {"detail": too_large})
+            await _send_json(send, 413, error_body(scope["path"], too_large), [(b"connection", b"close")])
             return
         received = 0
 
@@ -49,15 +49,19 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-async def _send_json(send: Send, status: int, payload: dict[str, str]) -> None:
+async def _send_json(send: Send, status: int, payload: dict[str, str], headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = json.dumps(payload).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 class AccessLogMiddleware:
-    """One JSON log line and one metrics observation per request; echoes ``X-Request-ID``."""
+    """One JSON log line and one metrics observation per request; echoes ``X-Request-ID``.
+
+    It is also where an unexpected exception becomes a JSON 500 that carries the request
+    id (header and body) and no stack trace: a 500 is a bug, and the id finds its log.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -72,17 +76,23 @@ class AccessLogMiddleware:
         request_id = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
+        started = False
+        id_header = (b"x-request-id", request_id.encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
+                status, started = message["status"], True
+                message["headers"] = [*message.get("headers", []), id_header]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            access_log.exception("unhandled error in request %s", request_id)
+            if not started:
+                message = f"internal error; quote request id {request_id} when reporting it"
+                await _send_json(send, 500, error_body(scope["path"], message), [id_header])
         finally:
             seconds = time.perf_counter() - started
             route = scope.get("route")

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 
 from service.config import Settings
 from service.errors import InputError, invalid_body
@@ -51,10 +52,15 @@ def _check_size(image: RawImage, settings: Settings) -> RawImage:
 async def _read_multipart(request: Request, settings: Settings) -> list[RawImage]:
     limit = settings.max_images_per_request
     try:
-        form = await request.form(max_files=limit + 1, max_fields=limit + 1)
-    except InputError:
+        form = await request.form(max_files=limit, max_fields=limit)
+    except (InputError, ClientDisconnect):
         raise
-    except Exception as exc:  # python-multipart and starlette raise several types for a malformed body
+    except HTTPException as exc:  # starlette's form parser reports its limits and parse errors so
+        if str(exc.detail).startswith(("Too many files", "Too many fields")):
+            # parsing stops at the first part over the limit, so the total is unknown
+            raise InputError(f"the request holds more than {limit} images, above the limit of {limit} per request", 413) from None
+        raise InputError(f"the multipart body could not be parsed: {exc.detail}", status_code=400) from None
+    except Exception as exc:  # python-multipart raises several types for a malformed body
         raise InputError(f"the multipart body could not be parsed: {exc}", status_code=400) from None
     try:
         parts = form.getlist("files")

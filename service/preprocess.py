@@ -8,7 +8,6 @@ itself is served exactly as the models were evaluated.
 """
 
 import io
-import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -32,7 +31,12 @@ def describe(index: int, filename: str | None) -> str:
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Pillow-decoded first frame, upright per EXIF; refuses non-images and decompression bombs."""
+    """Pillow-decoded first frame, upright per EXIF; refuses non-images and decompression bombs.
+
+    Pillow's format parsers raise many exception types (OSError, ValueError, TypeError,
+    struct.error, ...) on malformed files; for untrusted bytes each of them means the same
+    thing, "not a decodable image", which is the client's error, not ours.
+    """
     if not data:
         raise InputError("is empty (0 bytes)")
     try:
@@ -41,20 +45,27 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         raise InputError(f"is not a supported image; expected one of {', '.join(ALLOWED_FORMATS)}") from None
     except Image.DecompressionBombError as exc:
         raise InputError(f"is too large to decode: {exc}", status_code=413) from None
+    except Exception as exc:
+        raise InputError(f"could not be decoded: {exc}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise InputError(f"has {width}x{height} = {width * height} pixels, above the limit of {max_pixels}", status_code=413)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image.load()  # first frame of an animation
-            return ImageOps.exif_transpose(image) or image
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        image.load()  # the first frame of an animation
+        return ImageOps.exif_transpose(image) or image
+    except Exception as exc:
         raise InputError(f"could not be decoded as {image.format}: {exc}") from None
 
 
 def _ink(image: Image.Image) -> tuple[np.ndarray, bool]:
     """Ink intensity in [0, 1] (1 = stroke), and whether the image already was white on black."""
+    try:
+        return _ink_of_mode(image)
+    except ValueError:  # e.g. LAB or YCbCr TIFFs, which Pillow cannot convert to greyscale
+        raise InputError(f"has image mode {image.mode}, which cannot be read as a greyscale digit") from None
+
+
+def _ink_of_mode(image: Image.Image) -> tuple[np.ndarray, bool]:
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
     if has_alpha:
         alpha = np.asarray(image.convert("RGBA"), dtype=np.float32)[..., 3] / 255.0

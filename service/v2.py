@@ -39,11 +39,14 @@ OUTPUTS = ("probabilities", "label")
 ERRORS: dict[int | str, dict[str, object]] = {code: {"model": V2Error} for code in (400, 404, 413, 503)}
 
 
-def _model(request: Request, name: str, runtime: Annotated[Runtime, Depends(get_runtime)]) -> str:
-    """The model name; on the ``/versions/{version}`` routes the version must be the one served."""
+def _model(name: str, runtime: Annotated[Runtime, Depends(get_runtime)]) -> str:
     if name not in runtime.models:
         raise InputError(f"unknown model {name!r}; available: {', '.join(runtime.models)}", status_code=404)
-    version = request.path_params.get("version", MODEL_VERSION)
+    return name
+
+
+def _versioned_model(name: Annotated[str, Depends(_model)], version: str) -> str:
+    """The ``/versions/{version}`` routes serve the one version there is."""
     if version != MODEL_VERSION:
         raise InputError(f"model {name!r} has no version {version!r}; available: {MODEL_VERSION}", status_code=404)
     return name
@@ -60,7 +63,7 @@ def to_tensor(tensor: V2InputTensor, max_images: int) -> torch.Tensor:
         raise InputError(f"input {tensor.name!r} has datatype {tensor.datatype}; expected FP32 or UINT8", 400)
     try:
         values = np.asarray(tensor.data, dtype=np.float64).reshape(-1)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise InputError(f"input {tensor.name!r}: data must be numbers, flat or nested row-major", 400) from None
     expected = math.prod(shape)
     if values.size != expected:
@@ -98,7 +101,6 @@ async def server_metadata() -> V2ServerMetadata:
 
 
 @router.get("/models/{name}", response_model=V2ModelMetadata)
-@router.get("/models/{name}/versions/{version}", response_model=V2ModelMetadata)
 async def model_metadata(name: Annotated[str, Depends(_model)]) -> V2ModelMetadata:
     return V2ModelMetadata(
         name=name,
@@ -113,7 +115,6 @@ async def model_metadata(name: Annotated[str, Depends(_model)]) -> V2ModelMetada
 
 
 @router.get("/models/{name}/ready", response_model=V2ModelReady, responses={400: {"model": V2ModelReady}})
-@router.get("/models/{name}/versions/{version}/ready", response_model=V2ModelReady, responses={400: {"model": V2ModelReady}})
 async def model_ready(
     name: Annotated[str, Depends(_model)], runtime: Annotated[Runtime, Depends(get_runtime)]
 ) -> V2ModelReady | JSONResponse:
@@ -136,7 +137,6 @@ INFER_OPTIONS: dict[str, Any] = {
 
 
 @router.post("/models/{name}/infer", **INFER_OPTIONS)
-@router.post("/models/{name}/versions/{version}/infer", **INFER_OPTIONS)
 async def infer(
     request: Request, name: Annotated[str, Depends(_model)], runtime: Annotated[Runtime, Depends(ready_runtime)]
 ) -> V2InferenceResponse:
@@ -168,3 +168,25 @@ async def infer(
         "label": V2OutputTensor(name="label", shape=[len(probabilities)], datatype="INT64", data=probabilities.argmax(1).tolist()),
     }
     return V2InferenceResponse(model_name=name, model_version=MODEL_VERSION, id=body.id, outputs=[tensors[n] for n in wanted])
+
+
+# The same endpoints under /versions/{version}, which V2 clients use when given a version.
+
+
+@router.get("/models/{name}/versions/{version}", response_model=V2ModelMetadata)
+async def versioned_model_metadata(name: Annotated[str, Depends(_versioned_model)]) -> V2ModelMetadata:
+    return await model_metadata(name)
+
+
+@router.get("/models/{name}/versions/{version}/ready", response_model=V2ModelReady, responses={400: {"model": V2ModelReady}})
+async def versioned_model_ready(
+    name: Annotated[str, Depends(_versioned_model)], runtime: Annotated[Runtime, Depends(get_runtime)]
+) -> V2ModelReady | JSONResponse:
+    return await model_ready(name, runtime)
+
+
+@router.post("/models/{name}/versions/{version}/infer", **INFER_OPTIONS)
+async def versioned_infer(
+    request: Request, name: Annotated[str, Depends(_versioned_model)], runtime: Annotated[Runtime, Depends(ready_runtime)]
+) -> V2InferenceResponse:
+    return await infer(request, name, runtime)
