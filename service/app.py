@@ -59,6 +59,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
+
 def _predict_body(max_images: int) -> dict[str, Any]:
     """/predict parses its own body (multipart or JSON), so its schema is written here."""
     # No maxItems: the contract answers too many images with 413, not a schema violation's 422.

@@ -394,6 +394,7 @@ def test_scrape_config_matches_the_pod_annotations(routes: set[str]) -> None:
 @pytest.mark.parametrize("version", ["1.28.0", "1.37.0"])
 def test_manifests_validate_against_kubernetes_schemas(version: str) -> None:
     import kubernetes_validate  # a dev dependency: a missing one fails, it does not skip
+
     for path, doc in k8s_manifests():
         try:
             kubernetes_validate.validate(doc, version, strict=True)
