@@ -24,7 +24,7 @@ lint: $(BIN)/.installed-dev
 	$(BIN)/ruff format --check .
 
 typecheck: $(BIN)/.installed-dev
-	$(BIN)/mypy models service
+	$(BIN)/mypy models service bench tests
 
 # The browser test drives Debian's chromium; as root on Debian it is installed here.
 CHROMIUM ?= /usr/bin/chromium

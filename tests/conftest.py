@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from models.data import Digits
 from service.app import create_app
 from service.config import Settings
 
@@ -35,7 +36,7 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def mnist_test(data_dir: Path):  # type: ignore[no-untyped-def]
+def mnist_test(data_dir: Path) -> Digits:
     from models.data import load_mnist
 
     return load_mnist(data_dir, train=False, download=False)

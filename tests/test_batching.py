@@ -3,6 +3,7 @@
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -40,7 +41,7 @@ def images(*values: float) -> torch.Tensor:
 
 
 @pytest.fixture
-def executor():  # type: ignore[no-untyped-def]
+def executor() -> Iterator[ThreadPoolExecutor]:
     with ThreadPoolExecutor(max_workers=1) as pool:
         yield pool
 

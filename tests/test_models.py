@@ -36,6 +36,7 @@ def test_residual_block_adds_its_input() -> None:
     block = ResidualBlock(4)
     for conv in (block.conv1, block.conv2):
         torch.nn.init.zeros_(conv.weight)
+        assert conv.bias is not None
         torch.nn.init.zeros_(conv.bias)
     x = torch.randn(1, 4, 6, 6)
     assert torch.equal(block(x), torch.relu(x))

@@ -5,6 +5,7 @@ import base64
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -109,7 +110,7 @@ def test_body_limits_over_tcp(tmp_path: Path) -> None:
         declared = httpx.post(server.url + "/predict", content=b"x" * 200_000, headers={"content-type": "application/json"})
         assert declared.status_code == 413 and "larger than the limit of 100000 bytes" in declared.json()["detail"]
 
-        def chunks():  # type: ignore[no-untyped-def]
+        def chunks() -> Iterator[bytes]:
             for _ in range(50):
                 yield b"y" * 10_000
 
