@@ -294,6 +294,21 @@ class _Retry:
                 return min(server_says, self.max_delay)
         return min(self.backoff * 2**attempt, self.max_delay)
 
+    def after(self, attempt: int, outcome: httpx.Response | httpx.TransportError, url: str) -> float:
+        """Seconds to wait after a failed attempt, or the client's error when it is time to give up."""
+        if isinstance(outcome, httpx.Response):
+            delay = self.delay(attempt, outcome)
+            if delay is None:
+                raise _http_error(outcome)
+            what = str(outcome.status_code)
+        else:
+            delay = self.delay(attempt, None) if isinstance(outcome, RETRY_TRANSPORT_ERRORS) else None
+            if delay is None:
+                raise _transport_error(outcome, url, attempt + 1) from outcome
+            what = str(outcome) or type(outcome).__name__
+        log.info("%s: %s; retrying in %.2f s", url, what, delay)
+        return delay
+
 
 def _settings(api_key: str | None, timeout: float | None, retries: int, backoff: float) -> tuple[dict[str, str], _Retry]:
     if retries < 0:
@@ -354,23 +369,14 @@ class Client:
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         attempt = 0
         while True:
+            outcome: httpx.Response | httpx.TransportError
             try:
-                response = self._http.request(method, path, **kwargs)
-            except RETRY_TRANSPORT_ERRORS as exc:
-                delay = self._retry.delay(attempt, None)
-                if delay is None:
-                    raise _transport_error(exc, self.url, attempt + 1) from exc
-                log.info("%s %s: %s; retrying in %.2f s", method, path, exc or type(exc).__name__, delay)
+                outcome = self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                raise _transport_error(exc, self.url, attempt + 1) from exc
-            else:
-                if response.is_success:
-                    return response
-                delay = self._retry.delay(attempt, response)
-                if delay is None:
-                    raise _http_error(response)
-                log.info("%s %s: %s; retrying in %.2f s", method, path, response.status_code, delay)
-            time.sleep(delay)
+                outcome = exc
+            if isinstance(outcome, httpx.Response) and outcome.is_success:
+                return outcome
+            time.sleep(self._retry.after(attempt, outcome, self.url))
             attempt += 1
 
     def predict(self, images: ImageInput | Sequence[ImageInput], model: str | None = None, include_input: bool = False) -> PredictResponse:
@@ -434,23 +440,14 @@ class AsyncClient:
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         attempt = 0
         while True:
+            outcome: httpx.Response | httpx.TransportError
             try:
-                response = await self._http.request(method, path, **kwargs)
-            except RETRY_TRANSPORT_ERRORS as exc:
-                delay = self._retry.delay(attempt, None)
-                if delay is None:
-                    raise _transport_error(exc, self.url, attempt + 1) from exc
-                log.info("%s %s: %s; retrying in %.2f s", method, path, exc or type(exc).__name__, delay)
+                outcome = await self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                raise _transport_error(exc, self.url, attempt + 1) from exc
-            else:
-                if response.is_success:
-                    return response
-                delay = self._retry.delay(attempt, response)
-                if delay is None:
-                    raise _http_error(response)
-                log.info("%s %s: %s; retrying in %.2f s", method, path, response.status_code, delay)
-            await anyio.sleep(delay)
+                outcome = exc
+            if isinstance(outcome, httpx.Response) and outcome.is_success:
+                return outcome
+            await anyio.sleep(self._retry.after(attempt, outcome, self.url))
             attempt += 1
 
     async def predict(
