@@ -51,16 +51,16 @@ class Recipe:
     batch_size: int = 128
     optimizer: str = "AdamW"
     lr: float = 3e-3
-    weight_decay: float = 1e-2
+    weight_decay: float = 5e-2
     schedule: str = "OneCycleLR(pct_start=0.25, cosine anneal)"
     pct_start: float = 0.25
     ema_decay: float = 0.999
-    label_smoothing: float = 0.0
-    aug_degrees: float = 10.0
+    label_smoothing: float = 0.1
+    aug_degrees: float = 12.0
     aug_translate: float = 0.1
-    aug_scale: tuple[float, float] = (0.9, 1.1)
-    aug_shear: float = 0.0
-    aug_elastic_p: float = 0.0
+    aug_scale: tuple[float, float] = (0.85, 1.15)
+    aug_shear: float = 8.0
+    aug_elastic_p: float = 0.5
     aug_elastic_alpha: float = 34.0
     aug_elastic_sigma: float = 4.0
     seed: int = 0

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -19,25 +18,23 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from models.registry import CLASSES, INPUT_SHAPE, SERVED_MODELS
+from models.registry import SERVED_MODELS
 from service import __version__, v2
 from service.config import Settings
 from service.dependencies import get_runtime, ready_runtime, require_api_key
 from service.errors import InputError, Overloaded, error_body
+from service.info import describe
 from service.metrics import CONTENT_TYPE_LATEST, Metrics
 from service.middleware import AccessLogMiddleware, BodyLimitMiddleware
 from service.pipeline import decode, encode, read_request
 from service.runtime import Runtime
 from service.schemas import (
-    BatchingInfo,
     ErrorResponse,
     HealthResponse,
-    ModelInfo,
     ModelInfoResponse,
     PredictJSONRequest,
     PredictResponse,
     V2InferenceRequest,
-    WeightsInfo,
 )
 
 __all__ = ["create_app"]
@@ -190,43 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/model-info", response_model=ModelInfoResponse, tags=["info"])
     async def model_info(runtime: Annotated[Runtime, Depends(get_runtime)]) -> ModelInfoResponse:
         """What is served: architectures, weights, accuracy, calibration, batching."""
-        models = []
-        for name, served in runtime.models.items():
-            meta = served.metadata
-            stats = runtime.batchers[name].stats
-            models.append(
-                ModelInfo(
-                    name=name,
-                    architecture=meta["architecture"],
-                    parameters=meta["parameters"],
-                    macs_per_image=meta["macs_per_image"],
-                    input_shape=list(INPUT_SHAPE),
-                    classes=list(CLASSES),
-                    device=str(served.device),
-                    dtype=str(torch.float32).removeprefix("torch."),
-                    weights=WeightsInfo(file=served.weights_file, sha256=served.sha256, members=meta.get("members")),
-                    metrics={k: v for k, v in meta["metrics"].items() if k != "confusion_matrix"},
-                    calibration=meta["calibration"],
-                    recipe=meta.get("recipe"),
-                    batches=stats.batches,
-                    images=stats.images,
-                    mean_batch_size=round(stats.mean_batch_size, 3),
-                    largest_batch=stats.largest_batch,
-                )
-            )
-        return ModelInfoResponse(
-            default_model=settings.default_model,
-            models=models,
-            batching=BatchingInfo(
-                max_batch_size=settings.max_batch_size,
-                max_batch_wait_ms=settings.max_batch_wait_ms,
-                max_queue_images=settings.max_queue_images,
-                request_timeout_s=settings.request_timeout_s,
-            ),
-            settings=settings.public(),
-            service_version=__version__,
-            torch_version=torch.__version__,
-        )
+        return describe(runtime)
 
     @app.get("/healthz", response_model=HealthResponse, tags=["health"])
     async def healthz() -> HealthResponse:
