@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -14,7 +15,6 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -174,7 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise InputError(f"unknown model {name!r}; available: {', '.join(runtime.models)}", status_code=404)
         request.state.model = name
         raw = await read_request(request, settings)
-        images = await run_in_threadpool(decode, raw, settings)
+        images = await anyio.to_thread.run_sync(decode, raw, settings, limiter=runtime.decode_limiter)
         request.state.images = len(images)
         probabilities = await runtime.predict(name, images)
         return encode(name, probabilities, images if include_input else None)

@@ -20,6 +20,7 @@ ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 SIZE = 28
 BOX = 20
 INK_THRESHOLD = 0.05  # weaker than this (on a 0-1 scale) is background noise, not ink
+WORKING_SIZE = 1024  # larger images are first reduced to this: the digit ends up 20 px anyway
 
 
 def describe(index: int, filename: str | None) -> str:
@@ -51,10 +52,26 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         raise InputError(f"has {width}x{height} = {width * height} pixels, above the limit of {max_pixels}", status_code=413)
     try:
+        image.draft("L", (WORKING_SIZE, WORKING_SIZE))  # JPEG: decode at a reduced scale (no-op elsewhere)
         image.load()  # the first frame of an animation
-        return ImageOps.exif_transpose(image) or image
+        return _reduced(ImageOps.exif_transpose(image) or image)
     except Exception as exc:
         raise InputError(f"could not be decoded as {image.format}: {exc}") from None
+
+
+def _reduced(image: Image.Image) -> Image.Image:
+    """At most WORKING_SIZE on the longer side, so a photo costs megabytes, not hundreds.
+
+    Box filtering averages, so a thin stroke survives as a fainter one.
+    """
+    if max(image.size) <= WORKING_SIZE:
+        return image
+    if image.mode in ("1", "P"):
+        image = image.convert("RGBA" if "transparency" in image.info else "L")
+    elif image.mode.startswith("I;16"):
+        image = image.convert("I")
+    image.thumbnail((WORKING_SIZE, WORKING_SIZE), Image.Resampling.BOX)
+    return image
 
 
 def _ink(image: Image.Image) -> tuple[np.ndarray, bool]:

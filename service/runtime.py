@@ -11,6 +11,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import anyio
 import torch
 
 from models.registry import INPUT_SHAPE
@@ -43,6 +44,8 @@ class Runtime:
             self.metrics.model_info.labels(name).info({"sha256": model.sha256 or "", "device": str(self.device)})
 
     async def start(self) -> None:
+        # Decoding a large image needs memory; one decode per core bounds both memory and CPU.
+        self.decode_limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
         for name, model in self.models.items():
             batcher = DynamicBatcher(
                 name,
