@@ -110,7 +110,8 @@ class DynamicBatcher:
         self._queued_images += count
         self._wakeup.set()
         try:
-            return torch.cat(await asyncio.gather(*(item.future for item in items)))
+            results = await asyncio.gather(*(item.future for item in items))
+            return results[0] if len(results) == 1 else torch.cat(results)
         finally:
             for item in items:
                 item.future.cancel()  # no-op for finished ones; queued ones are skipped
