@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.limit import BATCH_SIZES, load_modules, measure_limits, server_threads
+from bench.limit import BATCH_SIZES, measure_limits, server_threads
 from bench.load import BodyKind, Job, LoadGenerator, write_payloads
 from bench.report import closest_limit, evaluate_targets, find_run, format_report, plot
 from bench.server import ServerProcess
@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"WARNING: load average {load_average[0]} on {cpu_count} CPUs: this machine is busy and the timings will be too", flush=True)
 
     from models.data import load_mnist  # torchvision: imported only when needed
-    from service.loader import select_device
+    from service.loader import load_models, select_device
 
     digits = load_mnist(args.data_dir, train=False, download=False)
     pngs = [_png(digits.images[i].numpy()) for i in range(plan.images)]
@@ -339,20 +339,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = server_threads(int(merged_env.get("DIGITS_TORCH_THREADS") or 0))
     device = select_device(merged_env.get("DIGITS_DEVICE", "auto"))
     print(f"in-process limit on {device} with {threads} torch threads ...", flush=True)
-    modules = load_modules(args.weights_dir, device)
+    served = load_models(args.weights_dir, device)
     inputs = digits.images[: max(BATCH_SIZES)].float().unsqueeze(1) / 255
     limits = [
         asdict(limit)
         for limit in measure_limits(
-            {m: modules[m] for m in plan.models},
+            [served[m] for m in plan.models],
             inputs,
-            device,
             threads=threads,
             warmup_s=plan.limit_warmup_s,
             measure_s=plan.limit_measure_s,
         )
     ]
-    del modules
+    del served
     for model in plan.models:
         row = ", ".join(f"b{lim['batch_size']} {lim['images_per_s']:.0f}" for lim in limits if lim["model"] == model)
         print(f"  {model}: {row} images/s", flush=True)

@@ -67,6 +67,10 @@ class Recipe:
     split_seed: int = 2024
     val_size: int = 5000
     train_limit: int | None = None
+    grad_clip: float | None = None
+    teacher: str | None = None
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
 
 
 # The recipe each committed checkpoint was trained with. Chosen per architecture on
@@ -92,7 +96,24 @@ def _epoch_loss_accuracy(model: nn.Module, digits: Digits) -> tuple[float, float
     return float(F.cross_entropy(logits, digits.labels)), float((logits.argmax(1) == digits.labels).double().mean())
 
 
-def _fit_one(recipe: Recipe, train: Digits, val: Digits, workers: int) -> tuple[nn.Module, list[dict[str, Any]], int]:
+def _loss(recipe: Recipe, logits: torch.Tensor, labels: torch.Tensor, teacher_probs: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy, mixed with distillation towards the teacher's softened probabilities.
+
+    The teacher's soft targets carry which digits look alike, which the one-hot labels do
+    not: the small Inception net learns more from them than from the labels alone.
+    """
+    hard = F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
+    if teacher_probs is None:
+        return hard
+    tau = recipe.distill_temperature
+    targets = torch.softmax(torch.log(teacher_probs.clamp_min(1e-12)) / tau, dim=1)
+    soft = F.kl_div(F.log_softmax(logits / tau, dim=1), targets, reduction="batchmean") * tau**2
+    return (1 - recipe.distill_weight) * hard + recipe.distill_weight * soft
+
+
+def _fit_one(
+    recipe: Recipe, train: Digits, val: Digits, workers: int, teacher: nn.Module | None
+) -> tuple[nn.Module, list[dict[str, Any]], int]:
     """Train with augmentation, keeping the EMA weights of the best validation epoch."""
     torch.manual_seed(recipe.seed)
     net = build(recipe.arch).to(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
@@ -127,10 +148,15 @@ def _fit_one(recipe: Recipe, train: Digits, val: Digits, workers: int) -> tuple[
         loss_sum = 0.0
         bar = tqdm(loader, desc=f"{recipe.arch} {epoch}/{recipe.epochs}", leave=False, dynamic_ncols=True)
         for images, labels in bar:
-            logits = net(normalise(images).contiguous(memory_format=torch.channels_last))
-            loss = F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
+            inputs = normalise(images).contiguous(memory_format=torch.channels_last)
+            with torch.no_grad():  # not inference_mode: the loss saves these for backward
+                teacher_probs = teacher(inputs) if teacher is not None else None
+            logits = net(inputs)
+            loss = _loss(recipe, logits, labels, teacher_probs)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
+            if recipe.grad_clip is not None:
+                nn.utils.clip_grad_norm_(net.parameters(), recipe.grad_clip)
             optimiser.step()
             schedule.step()
             ema.update_parameters(net)
@@ -202,14 +228,15 @@ def _environment() -> dict[str, Any]:
     }
 
 
-def train(recipe: Recipe, data_dir: Path, download: bool, out: Path, workers: int) -> dict[str, Any]:
+def train(recipe: Recipe, data_dir: Path, download: bool, out: Path, workers: int, teacher_dir: Path = Path("weights")) -> dict[str, Any]:
     """Train, calibrate, evaluate and write one architecture; returns its metadata."""
     started = time.perf_counter()
+    teacher, teacher_meta = load_classifier(teacher_dir, recipe.teacher) if recipe.teacher else (None, {})
     full_train, val = split_validation(load_mnist(data_dir, train=True, download=download), recipe.val_size, recipe.split_seed)
     train_digits = full_train.subset(torch.arange(recipe.train_limit)) if recipe.train_limit else full_train
     test = load_mnist(data_dir, train=False, download=download)
 
-    net, history, best_epoch = _fit_one(recipe, train_digits, val, workers)
+    net, history, best_epoch = _fit_one(recipe, train_digits, val, workers, teacher)
     val_logits, test_logits = predict(net, val), predict(net, test)
     calibration = _calibration_report(val_logits, test_logits, val, test, from_probs=False)
     report = classification_report(torch.softmax(test_logits / calibration["temperature"], 1), test.labels)
@@ -230,6 +257,7 @@ def train(recipe: Recipe, data_dir: Path, download: bool, out: Path, workers: in
         "calibration": calibration,
         "best_epoch": best_epoch,
         "recipe": dataclasses.asdict(recipe),
+        "teacher": {"name": recipe.teacher, "sha256": teacher_meta["sha256"]} if teacher else None,
         "data": {"train_images": len(train_digits), "val_images": len(val), "test_images": len(test)},
         "training_wall_time_seconds": round(time.perf_counter() - started, 1),
         "threads": torch.get_num_threads(),
@@ -302,6 +330,10 @@ RECIPE_FLAGS = {
     "split_seed": "split_seed",
     "val_size": "val_size",
     "train_limit": "train_limit",
+    "grad_clip": "grad_clip",
+    "teacher": "teacher",
+    "distill_weight": "distill_weight",
+    "distill_temperature": "distill_temperature",
 }
 
 
@@ -326,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split-seed", type=int, help="which images are validation")
     parser.add_argument("--val-size", type=int)
     parser.add_argument("--train-limit", type=int, help="train on the first N images only (smoke runs)")
+    parser.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
+    parser.add_argument("--teacher", choices=list(ARCHITECTURES), help="distil from this committed model")
+    parser.add_argument("--teacher-dir", type=Path, default=Path("weights"), help="where the teacher's checkpoint is")
+    parser.add_argument("--distill-weight", type=float, help="share of the distillation term in the loss (0-1)")
+    parser.add_argument("--distill-temperature", type=float, help="softening of teacher and student outputs")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--no-download", dest="download", action="store_false", help="read a local copy only")
     parser.add_argument("--out", type=Path, default=Path("weights"))
@@ -341,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     if "aug_scale" in given:
         given["aug_scale"] = tuple(given["aug_scale"])
     recipe = dataclasses.replace(DEFAULT_RECIPES[args.arch], **given)
-    train(recipe, args.data_dir, args.download, args.out, args.workers)
+    train(recipe, args.data_dir, args.download, args.out, args.workers, args.teacher_dir)
     return 0
 
 

@@ -76,13 +76,13 @@ class AccessLogMiddleware:
         request_id = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
-        started = False
+        responding = False
         id_header = (b"x-request-id", request_id.encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, started
+            nonlocal status, responding
             if message["type"] == "http.response.start":
-                status, started = message["status"], True
+                status, responding = message["status"], True
                 message["headers"] = [*message.get("headers", []), id_header]
             await send(message)
 
@@ -90,7 +90,7 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send_with_id)
         except Exception:
             access_log.exception("unhandled error in request %s", request_id)
-            if not started:
+            if not responding:
                 message = f"internal error; quote request id {request_id} when reporting it"
                 await _send_json(send, 500, error_body(scope["path"], message), [id_header])
         finally:

@@ -1,6 +1,9 @@
 """The app in-process (httpx.ASGITransport, lifespan run): routes, schemas and error paths."""
 
 import base64
+import json
+import logging
+import time
 
 import httpx
 import numpy as np
@@ -108,6 +111,19 @@ async def test_metrics_are_prometheus_text(client: httpx.AsyncClient) -> None:
     assert 'digits_http_requests_total{method="POST",route="/predict",status="200"} 1.0' in text
     assert 'digits_images_predicted_total{model="resnet"} 1.0' in text
     assert 'digits_batch_size_images_count{model="resnet"} 1.0' in text
+
+
+async def test_access_log_and_latency_metric_time_the_request(client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="service.access")
+    started = time.perf_counter()
+    await client.get("/healthz", headers={"X-Request-ID": "timed"})
+    elapsed_ms = 1000 * (time.perf_counter() - started)
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "service.access"]
+    assert line["request_id"] == "timed" and line["status"] == 200
+    assert 0 <= line["latency_ms"] <= elapsed_ms
+    text = (await client.get("/metrics")).text
+    total = float(text.split('digits_http_request_duration_seconds_sum{method="GET",route="/healthz"} ')[1].split()[0])
+    assert 0 <= total <= elapsed_ms / 1000
 
 
 async def test_request_id_is_echoed_or_generated(client: httpx.AsyncClient) -> None:

@@ -88,12 +88,13 @@ def test_sixteen_bit_image() -> None:
     assert_mnist_like(prepared(encode_image(sixteen)))
 
 
-def test_exif_orientation_is_applied() -> None:
+@pytest.mark.parametrize(("fmt", "mode", "options"), [("JPEG", "RGB", {"quality": 95}), ("PNG", "L", {})])
+def test_exif_orientation_is_applied(fmt: str, mode: str, options: dict[str, int]) -> None:
     # A horizontal bar stored sideways with EXIF "rotate 90": upright it is vertical.
     sideways = Image.fromarray(stroke_digit_one(100, thickness=10).T.copy())
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 CW on display
-    result = prepared(encode_image(sideways.convert("RGB"), "JPEG", exif=exif, quality=95))
+    result = prepared(encode_image(sideways.convert(mode), fmt, exif=exif, **options))
     ys, xs = np.nonzero(result > 0.5)
     assert ys.max() - ys.min() > 3 * (xs.max() - xs.min())  # tall, not wide
 
