@@ -2,10 +2,9 @@
 
 Models are loaded by ``service.loader`` and run by ``ServedModel.forward``, the code the
 server's inference thread runs, on the device the server would pick, with as many torch
-threads as the server would use.
+threads as the server would use (``ServedModel`` sets them for each pass).
 """
 
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ import torch
 
 from service.loader import ServedModel
 
-__all__ = ["BATCH_SIZES", "Limit", "measure_limits", "server_threads"]
+__all__ = ["BATCH_SIZES", "Limit", "measure_limits"]
 
 BATCH_SIZES = (1, 8, 32, 64, 128, 256)
 
@@ -28,11 +27,6 @@ class Limit:
     forward_ms_p50: float  # median time of one forward pass of this batch size
     forward_ms_mean: float
     iterations: int
-
-
-def server_threads(torch_threads: int) -> int:
-    """What ``service.runtime.Runtime`` passes to ``torch.set_num_threads``."""
-    return torch_threads or os.cpu_count() or 1
 
 
 def _measure(model: ServedModel, images: torch.Tensor, warmup_s: float, measure_s: float) -> Limit:
@@ -62,7 +56,6 @@ def measure_limits(
     models: list[ServedModel],
     images: torch.Tensor,
     *,
-    threads: int,
     batch_sizes: tuple[int, ...] = BATCH_SIZES,
     warmup_s: float = 0.2,
     measure_s: float = 0.5,
@@ -70,9 +63,4 @@ def measure_limits(
     """Images per second of each model at each batch size; ``images`` is N x 1 x 28 x 28 in [0, 1], N >= max batch size."""
     if len(images) < max(batch_sizes):
         raise ValueError(f"need at least {max(batch_sizes)} images, got {len(images)}")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return [_measure(model, images[:size].contiguous(), warmup_s, measure_s) for model in models for size in batch_sizes]
-    finally:
-        torch.set_num_threads(previous)
+    return [_measure(model, images[:size].contiguous(), warmup_s, measure_s) for model in models for size in batch_sizes]

@@ -89,14 +89,21 @@ def evaluate_targets(results: Result) -> list[Result]:
     for model in models:
         run = find_run(runs, server="batching", kind="batch", model=model, body="multipart", images_per_request=256)
         if run is not None:
+            at_256 = [
+                lim
+                for lim in [*results["limits"], *results.get("limits_all_cores", [])]
+                if lim["model"] == model and lim["batch_size"] == 256
+            ]
+            best = max((lim["images_per_s"] for lim in at_256), default=0.0)
             targets.append(
                 _target(
-                    f"{model}: batch-256 PNG images/s vs in-process limit at 256",
-                    run["ratio_to_limit"],
+                    f"{model}: batch-256 PNG images/s vs the best in-process limit at 256",
+                    run["images_per_s"] / best if best else None,
                     ">=",
                     BATCH_256_MIN_RATIO,
                     "x",
-                    f"{run['images_per_s']:.0f} of {run['limit_images_per_s'] or 0:.0f} images/s",
+                    f"{run['images_per_s']:.0f} of {best:.0f} images/s; {_fmt(run['ratio_to_limit'], 2)}x of the limit "
+                    f"with the server's {results['machine']['torch_threads']} torch threads",
                 )
             )
 

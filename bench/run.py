@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.limit import BATCH_SIZES, measure_limits, server_threads
+from bench.limit import BATCH_SIZES, measure_limits
 from bench.load import BodyKind, Job, LoadGenerator, write_payloads
 from bench.report import closest_limit, evaluate_targets, find_run, format_report, plot
 from bench.server import ServerProcess
@@ -100,7 +100,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
     parser.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="environment for both servers, e.g. DIGITS_MAX_BATCH_WAIT_MS=2"
     )
-    parser.add_argument("--torch-threads", type=int, default=None, help="shortcut for --env DIGITS_TORCH_THREADS=N (0 = one per core)")
+    parser.add_argument(
+        "--torch-threads", type=int, default=None, help="shortcut for --env DIGITS_TORCH_THREADS=N (0 = one per core but one)"
+    )
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data", help="MNIST in torchvision's layout")
     parser.add_argument("--weights-dir", type=Path, default=ROOT / "weights")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
@@ -328,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"WARNING: load average {load_average[0]} on {cpu_count} CPUs: this machine is busy and the timings will be too", flush=True)
 
     from models.data import load_mnist  # torchvision: imported only when needed
+    from service.config import Settings
     from service.loader import load_models, select_device
 
     digits = load_mnist(args.data_dir, train=False, download=False)
@@ -335,22 +338,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     payloads = raw_dir / "payloads.json"
     write_payloads(payloads, pngs)
 
-    merged_env = {**os.environ, **env}
-    threads = server_threads(int(merged_env.get("DIGITS_TORCH_THREADS") or 0))
-    device = select_device(merged_env.get("DIGITS_DEVICE", "auto"))
-    print(f"in-process limit on {device} with {threads} torch threads ...", flush=True)
-    served = load_models(args.weights_dir, device)
+    os.environ.update(env)  # the servers get them too: the limit runs with the server's settings
+    settings = Settings()
+    threads = settings.inference_threads()
+    device = select_device(settings.device)
+    print(f"in-process limit on {device} with {threads} torch threads (the server's) ...", flush=True)
+    served = load_models(args.weights_dir, device, threads)
     inputs = digits.images[: max(BATCH_SIZES)].float().unsqueeze(1) / 255
     limits = [
         asdict(limit)
         for limit in measure_limits(
             [served[m] for m in plan.models],
             inputs,
-            threads=threads,
             warmup_s=plan.limit_warmup_s,
             measure_s=plan.limit_measure_s,
         )
     ]
+    # The machine's own limit may need every core: the batch-256 target is held against the best.
+    limits_all_cores: list[Result] = []
+    if threads != cpu_count:
+        for served_model in served.values():
+            served_model.threads = cpu_count
+        print(f"in-process limit at batch {max(BATCH_SIZES)} with all {cpu_count} cores ...", flush=True)
+        limits_all_cores = [
+            asdict(limit)
+            for limit in measure_limits(
+                [served[m] for m in plan.models],
+                inputs,
+                batch_sizes=(max(BATCH_SIZES),),
+                warmup_s=plan.limit_warmup_s,
+                measure_s=plan.limit_measure_s,
+            )
+        ]
     del served
     for model in plan.models:
         row = ", ".join(f"b{lim['batch_size']} {lim['images_per_s']:.0f}" for lim in limits if lim["model"] == model)
@@ -391,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "config": {**asdict(plan), "server_env": env, "limit_batch_sizes": list(BATCH_SIZES)},
         "limits": limits,
+        "limits_all_cores": limits_all_cores,
         "servers": bench.servers,
         "runs": bench.runs,
         "latency_floor": bench.latency_floor(),

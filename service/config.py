@@ -4,6 +4,7 @@
 Defaults protect a small server; raise them deliberately.
 """
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -26,10 +27,10 @@ class Settings(BaseSettings):
 
     weights_dir: Path = Field(Path(__file__).resolve().parent.parent / "weights", description="checkpoints and their metadata")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto picks CUDA, then MPS, then CPU")
-    torch_threads: int = Field(0, ge=0, description="intra-op threads for forward passes; 0 = one per CPU core")
+    torch_threads: int = Field(0, ge=0, description="intra-op threads for forward passes; 0 = one per CPU core but one")
     default_model: ModelName = Field("ensemble", description="model used when a request names none")
 
-    max_batch_size: int = Field(256, ge=1, description="most images in one forward pass")
+    max_batch_size: int = Field(128, ge=1, description="most images in one forward pass; larger requests are split")
     max_batch_wait_ms: float = Field(0.0, ge=0, description="extra wait for a batch to fill once the model is free")
     max_queue_images: int = Field(2048, ge=1, description="images waiting per model before 503 Retry-After")
     request_timeout_s: float = Field(30.0, gt=0, description="answer 503 when an inference waits longer")
@@ -45,6 +46,11 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(20.0, ge=0, description="time to finish queued work after SIGTERM")
     fault_injection: bool = Field(False, description="test hook: enables POST /debug/fail-next-batch; never in production")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+
+    def inference_threads(self) -> int:
+        """One core is left to the event loop: HTTP, multipart and PNG decoding are Python
+        work that would otherwise compete with torch's threads for the same cores."""
+        return self.torch_threads or max(1, (os.cpu_count() or 1) - 1)
 
     def public(self) -> dict[str, object]:
         """The settings safe to show in /model-info (no secrets)."""

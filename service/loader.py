@@ -40,25 +40,28 @@ class ServedModel:
     device: torch.device
     weights_file: str | None
     sha256: str | None
+    threads: int = 1  # torch intra-op threads
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Probabilities for pixel intensities in [0, 1]; runs in the inference thread."""
+        torch.set_num_threads(self.threads)  # OpenMP keeps this per calling thread: set it where the pass runs
         with torch.inference_mode():
             batch = (images.to(self.device, non_blocking=True) - MNIST_MEAN) / MNIST_STD
             return self.module(batch).float().cpu()
 
 
-def load_models(weights_dir: Path, device: torch.device) -> dict[str, ServedModel]:
+def load_models(weights_dir: Path, device: torch.device, threads: int = 1) -> dict[str, ServedModel]:
     members = {name: load_classifier(weights_dir, name) for name in ARCHITECTURES}
     served = {
-        name: ServedModel(name, module.to(device), meta, device, f"{name}.pt", meta["sha256"]) for name, (module, meta) in members.items()
+        name: ServedModel(name, module.to(device), meta, device, f"{name}.pt", meta["sha256"], threads)
+        for name, (module, meta) in members.items()
     }
     ensemble, meta = load_ensemble(
         weights_dir,
         {name: model.module for name, model in served.items()},
         {name: model.sha256 for name, model in served.items() if model.sha256},
     )
-    served[ENSEMBLE] = ServedModel(ENSEMBLE, ensemble.to(device), meta, device, None, None)
+    served[ENSEMBLE] = ServedModel(ENSEMBLE, ensemble.to(device), meta, device, None, None, threads)
     for model in served.values():
         log.info("loaded %s on %s (%s)", model.name, device, model.sha256 or "members " + ", ".join(meta["members"]))
     return served

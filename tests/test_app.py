@@ -99,7 +99,7 @@ async def test_model_info(client: httpx.AsyncClient) -> None:
         assert model["device"] == "cpu" and 0 < model["metrics"]["test_accuracy"] <= 1
     assert len(by_name["resnet"]["weights"]["sha256"]) == 64
     assert by_name["ensemble"]["weights"]["members"]["resnet"] == by_name["resnet"]["weights"]["sha256"]
-    assert info["batching"]["max_batch_size"] == 256
+    assert info["batching"]["max_batch_size"] == 128
     assert "api_key" not in info["settings"]
 
 
