@@ -103,6 +103,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
     parser.add_argument(
         "--torch-threads", type=int, default=None, help="shortcut for --env DIGITS_TORCH_THREADS=N (0 = one per core but one)"
     )
+    parser.add_argument(
+        "--server-python",
+        default=sys.executable,
+        help="interpreter that runs the servers, e.g. a venv with the CPU build of torch (the limit runs in this one)",
+    )
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data", help="MNIST in torchvision's layout")
     parser.add_argument("--weights-dir", type=Path, default=ROOT / "weights")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
@@ -143,7 +148,8 @@ def _mb(value: int) -> float:
 class Bench:
     """One benchmark run; ``results`` fills up as it goes."""
 
-    def __init__(self, plan: Plan, env: dict[str, str], loadgen: LoadGenerator, limits: list[Result]) -> None:
+    def __init__(self, plan: Plan, env: dict[str, str], loadgen: LoadGenerator, limits: list[Result], python: str) -> None:
+        self.python = python
         self.plan = plan
         self.env = env
         self.loadgen = loadgen
@@ -222,7 +228,7 @@ class Bench:
         return run
 
     def start(self, label: str, overrides: dict[str, str], raw_dir: Path, weights_dir: Path) -> ServerProcess:
-        server = ServerProcess(label, {**self.env, **overrides}, raw_dir, weights_dir)
+        server = ServerProcess(label, {**self.env, **overrides}, raw_dir, weights_dir, self.python)
         ready = server.start()
         print(f"server {label}: ready in {ready:.2f} s on {server.url} (log {server.log_path})", flush=True)
         return server
@@ -232,6 +238,7 @@ class Bench:
         self.servers.append(
             {
                 "label": server.label,
+                "python": server.python,
                 "env": server.overrides,
                 "url": server.url,
                 "ready_s": server.ready_s,
@@ -376,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {model}: {row} images/s", flush=True)
 
     loadgen = LoadGenerator(payloads, raw_dir / "loadgen.stderr")
-    bench = Bench(plan, env, loadgen, limits)
+    bench = Bench(plan, env, loadgen, limits, args.server_python)
     try:
         server = bench.start("batching", {}, raw_dir, args.weights_dir)
         try:

@@ -45,8 +45,9 @@ def _high_water_mark(pid: int) -> int:
 class ServerProcess:
     """One server run, with the environment overrides of this benchmark phase."""
 
-    def __init__(self, label: str, env: dict[str, str], log_dir: Path, weights_dir: Path) -> None:
+    def __init__(self, label: str, env: dict[str, str], log_dir: Path, weights_dir: Path, python: str = sys.executable) -> None:
         self.label = label
+        self.python = python
         self.overrides = dict(env)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -73,7 +74,7 @@ class ServerProcess:
         with self.log_path.open("wb") as log:
             started = time.perf_counter()
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service"], cwd=ROOT, env=self.environment, stdout=log, stderr=subprocess.STDOUT
+                [self.python, "-m", "service"], cwd=ROOT, env=self.environment, stdout=log, stderr=subprocess.STDOUT
             )
         self._sampler = threading.Thread(target=self._sample, name=f"rss-{self.label}", daemon=True)
         self._sampler.start()

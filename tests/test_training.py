@@ -70,3 +70,20 @@ def test_evaluate_accepts_intact_weights_and_rejects_tampered_ones(trained: Path
     )
     assert result.returncode == 1
     assert "resnet.pt has sha256" in result.stderr
+
+
+def test_distillation_records_its_teacher(trained: Path, data_dir: Path, tmp_path: Path) -> None:
+    argv = ["--arch", "inception", "--epochs", "1", "--train-limit", "640", "--batch-size", "64", "--workers", "0", "--grad-clip", "5"]
+    teacher = ["--teacher", "resnet", "--teacher-dir", str(trained), "--distill-weight", "0.5", "--distill-temperature", "2"]
+    assert train.main([*argv, *teacher, "--data-dir", str(data_dir), "--no-download", "--out", str(tmp_path)]) == 0
+    meta = json.loads((tmp_path / "inception.json").read_text())
+    assert meta["teacher"] == {"name": "resnet", "sha256": sha256_file(trained / "resnet.pt")}
+    assert (meta["recipe"]["distill_weight"], meta["recipe"]["distill_temperature"], meta["recipe"]["grad_clip"]) == (0.5, 2.0, 5.0)
+
+
+def test_distillation_loss_is_zero_when_the_student_matches_the_teacher() -> None:
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    recipe = train.Recipe("inception", distill_weight=1.0, distill_temperature=2.0)
+    assert float(train._loss(recipe, logits, labels, torch.softmax(logits, 1))) == pytest.approx(0.0, abs=1e-6)
+    assert float(train._loss(recipe, logits, labels, torch.softmax(-logits, 1))) > 0.1
