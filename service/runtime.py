@@ -33,8 +33,8 @@ class Runtime:
         self.device = select_device(settings.device)
         # One inference thread does all of torch's work, loading included: forward passes on
         # one device run one at a time anyway, and each thread that runs a parallel torch op
-        # gets its own OpenMP team. Two teams on a small machine make OpenMP stop spinning
-        # between ops and sleep instead: a batch-1 forward pass then takes 2.3 ms, not 0.45.
+        # gets its own OpenMP team. With a second team (from loading in the main thread) on a
+        # 2-core machine a batch-1 forward pass took 2.3 ms instead of 0.45 (bench/README.md).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.models: dict[str, ServedModel] = self._executor.submit(
             load_models, settings.weights_dir, self.device, settings.inference_threads()

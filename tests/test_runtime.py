@@ -1,8 +1,8 @@
 """The runtime keeps every torch operation in its one inference thread.
 
-Each thread that runs a parallel torch op gets an OpenMP team of its own; with two teams
-on a small machine OpenMP sleeps between ops instead of spinning, and a batch-1 forward
-pass became five times slower. Loading, warm-up and inference must share one thread.
+Each thread that runs a parallel torch op gets an OpenMP team of its own; with a second
+team on a 2-core machine a batch-1 forward pass became five times slower. Loading,
+warm-up and inference must share one thread.
 """
 
 import threading
