@@ -33,6 +33,7 @@ from bench.load import BodyKind, Job, LoadGenerator, write_payloads
 from bench.report import closest_limit, evaluate_targets, find_run, format_report, plot
 from bench.server import ServerProcess
 from models.registry import SERVED_MODELS
+from service.loader import ServedModel
 
 __all__ = ["Plan", "main"]
 
@@ -316,6 +317,11 @@ class Bench:
         return floors
 
 
+def _limits(models: list[ServedModel], inputs: torch.Tensor, plan: Plan, batch_sizes: tuple[int, ...]) -> list[Result]:
+    found = measure_limits(models, inputs, batch_sizes=batch_sizes, warmup_s=plan.limit_warmup_s, measure_s=plan.limit_measure_s)
+    return [asdict(limit) for limit in found]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, plan = parse_args(argv)
     started = time.perf_counter()
@@ -352,32 +358,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"in-process limit on {device} with {threads} torch threads (the server's) ...", flush=True)
     served = load_models(args.weights_dir, device, threads)
     inputs = digits.images[: max(BATCH_SIZES)].float().unsqueeze(1) / 255
-    limits = [
-        asdict(limit)
-        for limit in measure_limits(
-            [served[m] for m in plan.models],
-            inputs,
-            warmup_s=plan.limit_warmup_s,
-            measure_s=plan.limit_measure_s,
-        )
-    ]
+    measured = [served[m] for m in plan.models]
+    limits = _limits(measured, inputs, plan, BATCH_SIZES)
     # The machine's own limit may need every core: the batch-256 target is held against the best.
     limits_all_cores: list[Result] = []
     if threads != cpu_count:
-        for served_model in served.values():
+        for served_model in measured:
             served_model.threads = cpu_count
         print(f"in-process limit at batch {max(BATCH_SIZES)} with all {cpu_count} cores ...", flush=True)
-        limits_all_cores = [
-            asdict(limit)
-            for limit in measure_limits(
-                [served[m] for m in plan.models],
-                inputs,
-                batch_sizes=(max(BATCH_SIZES),),
-                warmup_s=plan.limit_warmup_s,
-                measure_s=plan.limit_measure_s,
-            )
-        ]
-    del served
+        limits_all_cores = _limits(measured, inputs, plan, (max(BATCH_SIZES),))
+    del served, measured  # free the models before the servers start
     for model in plan.models:
         row = ", ".join(f"b{lim['batch_size']} {lim['images_per_s']:.0f}" for lim in limits if lim["model"] == model)
         print(f"  {model}: {row} images/s", flush=True)
