@@ -5,13 +5,16 @@ team on a 2-core machine a batch-1 forward pass became five times slower. Loadin
 warm-up and inference must share one thread.
 """
 
+import asyncio
 import threading
+import time
 
 import pytest
 import torch
 
 from service import runtime as runtime_module
 from service.config import Settings
+from service.errors import Overloaded
 from service.loader import ServedModel, load_models
 from service.metrics import Metrics
 from tests.conftest import WEIGHTS
@@ -41,3 +44,27 @@ async def test_models_load_warm_up_and_run_in_the_inference_thread(monkeypatch: 
     assert probabilities.shape == (3, 10)
     assert len(threads) > 1 and set(threads) == {"inference_0"}
     assert all(model.threads == 2 for model in runtime.models.values())
+
+
+async def test_a_request_that_outlives_its_timeout_is_answered_overloaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    forward = ServedModel.forward
+    slow = threading.Event()
+
+    def sometimes_slow_forward(self: ServedModel, images: torch.Tensor) -> torch.Tensor:
+        if slow.is_set():
+            time.sleep(0.3)
+        return forward(self, images)
+
+    monkeypatch.setattr(ServedModel, "forward", sometimes_slow_forward)
+    runtime = runtime_module.Runtime(Settings(weights_dir=WEIGHTS, warmup_batches=1, request_timeout_s=0.1), Metrics())
+    await runtime.start()
+    try:
+        await runtime.warm_up()
+        slow.set()
+        with pytest.raises(Overloaded, match=r"did not finish within 0\.1 s"):
+            await runtime.predict("resnet", torch.zeros(1, 1, 28, 28))
+        slow.clear()
+        await asyncio.sleep(0.3)  # the slow pass finishes; the model serves again
+        assert (await runtime.predict("resnet", torch.zeros(2, 1, 28, 28))).shape == (2, 10)
+    finally:
+        await runtime.stop()

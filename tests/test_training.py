@@ -10,6 +10,7 @@ import torch
 
 from models import evaluate, train
 from models.checkpoint import CheckpointError, load_classifier, sha256_file
+from models.data import AugmentedDigits
 from models.registry import ARCHITECTURES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,3 +88,18 @@ def test_distillation_loss_is_zero_when_the_student_matches_the_teacher() -> Non
     recipe = train.Recipe("inception", distill_weight=1.0, distill_temperature=2.0)
     assert float(train._loss(recipe, logits, labels, torch.softmax(logits, 1))) == pytest.approx(0.0, abs=1e-6)
     assert float(train._loss(recipe, logits, labels, torch.softmax(-logits, 1))) > 0.1
+
+
+def test_the_last_clean_epochs_see_unaugmented_images(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    augmented_items: list[bool] = []
+    getitem = AugmentedDigits.__getitem__
+
+    def recording_getitem(self: AugmentedDigits, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        augmented_items.append(self.transform is not None)
+        return getitem(self, index)
+
+    monkeypatch.setattr(AugmentedDigits, "__getitem__", recording_getitem)
+    argv = ["--arch", "resnet", "--epochs", "3", "--clean-epochs", "1", "--train-limit", "128", "--batch-size", "64", "--workers", "0"]
+    assert train.main([*argv, "--data-dir", str(data_dir), "--no-download", "--out", str(tmp_path)]) == 0
+    assert augmented_items == [True] * 256 + [False] * 128  # 128 images per epoch
+    assert json.loads((tmp_path / "resnet.json").read_text())["recipe"]["clean_epochs"] == 1
