@@ -45,9 +45,21 @@ def _high_water_mark(pid: int) -> int:
 class ServerProcess:
     """One server run, with the environment overrides of this benchmark phase."""
 
-    def __init__(self, label: str, env: dict[str, str], log_dir: Path, weights_dir: Path, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        label: str,
+        env: dict[str, str],
+        log_dir: Path,
+        weights_dir: Path,
+        python: str = sys.executable,
+        *,
+        module_args: tuple[str, ...] = ("service",),
+        ready_path: str = "/readyz",
+    ) -> None:
         self.label = label
         self.python = python
+        self.module_args = module_args  # what runs: python -m <module_args>
+        self.ready_path = ready_path
         self.overrides = dict(env)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -70,11 +82,11 @@ class ServerProcess:
     # -- life cycle -------------------------------------------------------------------------
 
     def start(self, timeout_s: float = 120.0) -> float:
-        """Start and wait for /readyz; returns the seconds from process start to ready."""
+        """Start and wait for the ready path; returns the seconds from process start to ready."""
         with self.log_path.open("wb") as log:
             started = time.perf_counter()
             self.process = subprocess.Popen(
-                [self.python, "-m", "service"], cwd=ROOT, env=self.environment, stdout=log, stderr=subprocess.STDOUT
+                [self.python, "-m", *self.module_args], cwd=ROOT, env=self.environment, stdout=log, stderr=subprocess.STDOUT
             )
         self._sampler = threading.Thread(target=self._sample, name=f"rss-{self.label}", daemon=True)
         self._sampler.start()
@@ -83,7 +95,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise ServerError(f"server {self.label} exited with {self.process.returncode}:\n{self.log_tail()}")
             with contextlib.suppress(httpx.TransportError):
-                if self._client.get("/readyz", timeout=1).status_code == 200:
+                if self._client.get(self.ready_path, timeout=1).status_code == 200:
                     self.ready_s = time.perf_counter() - started
                     self.rss_ready = self.rss()
                     return self.ready_s
