@@ -105,14 +105,12 @@ class DynamicBatcher:
                 f"{count} more would exceed the queue limit of {self.max_queue_images}"
             )
         loop = asyncio.get_running_loop()
-        chunks = torch.split(images, self.max_batch_size) if count > self.max_batch_size else (images,)
-        items = [_Item(chunk, loop.create_future()) for chunk in chunks]
+        items = [_Item(chunk, loop.create_future()) for chunk in torch.split(images, self.max_batch_size)]
         self._queue.extend(items)
         self._queued_images += count
         self._wakeup.set()
         try:
-            # Awaited one by one, not gathered: gather costs an extra event-loop round per request.
-            results = [await item.future for item in items]
+            results = await asyncio.gather(*(item.future for item in items))
             return results[0] if len(results) == 1 else torch.cat(results)
         finally:
             for item in items:
