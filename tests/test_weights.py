@@ -35,20 +35,7 @@ def test_sha256_in_metadata_matches_the_checkpoint(arch: str) -> None:
     assert metadata["file_size_bytes"] == (WEIGHTS / f"{arch}.pt").stat().st_size
 
 
-# Not reached yet (see README, Training): strict, so the day they pass this must be removed.
-SHORT_OF_TARGET = {
-    "inception": "99.39% < 99.55%: the best inception run by validation accuracy (README, Training)",
-    "ensemble": "99.66% < 99.70%: follows from the inception member",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET[name])) if name in SHORT_OF_TARGET else name
-        for name in SERVED_MODELS
-    ],
-)
+@pytest.mark.parametrize("name", SERVED_MODELS)
 def test_accuracy_target_on_the_official_test_set(probabilities: dict[str, torch.Tensor], mnist_test: Digits, name: str) -> None:
     report = classification_report(probabilities[name], mnist_test.labels)
     assert report["accuracy"] >= TARGET_ACCURACY[name], f"{name}: {100 * report['accuracy']:.2f}%"
