@@ -34,7 +34,9 @@ import litserve as ls
 import torch
 
 from bench.load import Job, LoadGenerator, write_payloads
+from bench.run import encode_pngs
 from bench.server import ServerProcess
+from models.data import load_mnist
 from service.config import Settings
 from service.loader import ServedModel, load_models
 from service.preprocess import decode_image, to_mnist
@@ -82,23 +84,6 @@ def serve_litserve(model_name: str, batch_timeout_s: float) -> None:
     """The LitServe server on $HOST:$PORT (set by ``bench.server``): blocks until terminated."""
     server = ls.LitServer(DigitsAPI(model_name, Settings(), batch_timeout_s), accelerator="cpu", workers_per_device=1)
     server.run(host=os.environ["HOST"], port=int(os.environ["PORT"]), generate_client_file=False, log_level="warning")
-
-
-def _payloads(data_dir: Path, count: int, path: Path) -> bytes:
-    import io
-
-    from PIL import Image
-
-    from models.data import load_mnist
-
-    digits = load_mnist(data_dir, train=False, download=False)
-    pngs = []
-    for image in digits.images[:count]:
-        buffer = io.BytesIO()
-        Image.fromarray(image.numpy()).save(buffer, format="PNG")
-        pngs.append(buffer.getvalue())
-    write_payloads(path, pngs)
-    return pngs[0]
 
 
 def _probe(server: ServerProcess, path: str, png: bytes) -> list[float]:
@@ -165,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     raw_dir = (args.results_dir / "raw" / f"peer-{args.name}").resolve()
     raw_dir.mkdir(parents=True, exist_ok=True)
-    first_png = _payloads(args.data_dir, 256, raw_dir / "payloads.json")
+    pngs = encode_pngs(load_mnist(args.data_dir, train=False, download=False).images[:256])
+    write_payloads(raw_dir / "payloads.json", pngs)
     loadgen = LoadGenerator(raw_dir / "payloads.json", raw_dir / "loadgen.stderr")
     runs: list[dict[str, Any]] = []
     servers: list[dict[str, Any]] = []
@@ -190,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ready = server.start()
                 print(f"{model}: {server.label} ready in {ready:.2f} s on {server.url}", flush=True)
                 try:
-                    probes.append({"model": model, "server": server.label, "probabilities": _probe(server, path, first_png)})
+                    probes.append({"model": model, "server": server.label, "probabilities": _probe(server, path, pngs[0])})
                     for concurrency in args.concurrency:
                         runs.append({"model": model, **_run(loadgen, server, path, concurrency, args)})
                 finally:

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -35,7 +34,7 @@ from bench.server import ServerProcess
 from models.registry import SERVED_MODELS
 from service.loader import ServedModel
 
-__all__ = ["Plan", "main"]
+__all__ = ["Plan", "encode_pngs", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
@@ -136,10 +135,14 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
     return args, plan
 
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
+def encode_pngs(images: torch.Tensor) -> list[bytes]:
+    """PNG files of N x 28 x 28 uint8 images, as a client would upload them."""
+    files = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(image.numpy(), mode="L").save(buffer, format="PNG")
+        files.append(buffer.getvalue())
+    return files
 
 
 def _mb(value: int) -> float:
@@ -347,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.loader import load_models, select_device
 
     digits = load_mnist(args.data_dir, train=False, download=False)
-    pngs = [_png(digits.images[i].numpy()) for i in range(plan.images)]
+    pngs = encode_pngs(digits.images[: plan.images])
     payloads = raw_dir / "payloads.json"
     write_payloads(payloads, pngs)
 
