@@ -33,7 +33,14 @@ $(CHROMIUM):
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; \
 	else echo "install chromium (Debian: apt-get install chromium) or set CHROMIUM=/path/to/chromium" >&2; exit 1; fi
 
-test: $(BIN)/.installed-dev $(CHROMIUM) lint typecheck
+# The benchmark's load generator is wrk (bench/load.py); as root on Debian it is installed here.
+WRK ?= /usr/bin/wrk
+$(WRK):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; \
+	else echo "install wrk (Debian: apt-get install wrk; macOS: brew install wrk) or set WRK=/path/to/wrk" >&2; exit 1; fi
+
+test: $(BIN)/.installed-dev $(CHROMIUM) $(WRK) lint typecheck
 	DIGITS_TEST_DATA_DIR=$(DATA_DIR) DIGITS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest
 
 train: $(BIN)/.installed-dev

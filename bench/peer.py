@@ -152,38 +152,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw_dir.mkdir(parents=True, exist_ok=True)
     pngs = encode_pngs(load_mnist(args.data_dir, train=False, download=False).images[:256])
     write_payloads(raw_dir / "payloads.json", pngs)
-    loadgen = LoadGenerator(raw_dir / "payloads.json", raw_dir / "loadgen.stderr")
+    loadgen = LoadGenerator(raw_dir / "payloads.json", raw_dir / "loadgen")
     runs: list[dict[str, Any]] = []
     servers: list[dict[str, Any]] = []
     probes: list[dict[str, Any]] = []  # the first test image's probabilities from each server
-    try:
-        for model in args.models:
-            contenders = [
-                (ServerProcess("ours", {}, raw_dir, args.weights_dir), f"/predict?model={model}"),
-                (
-                    ServerProcess(
-                        "litserve",
-                        {},
-                        raw_dir,
-                        args.weights_dir,
-                        module_args=("bench.peer", "--serve-litserve", model, "--litserve-batch-timeout", str(args.litserve_batch_timeout)),
-                        ready_path="/health",
-                    ),
-                    "/predict",
+    for model in args.models:
+        contenders = [
+            (ServerProcess("ours", {}, raw_dir, args.weights_dir), f"/predict?model={model}"),
+            (
+                ServerProcess(
+                    "litserve",
+                    {},
+                    raw_dir,
+                    args.weights_dir,
+                    module_args=("bench.peer", "--serve-litserve", model, "--litserve-batch-timeout", str(args.litserve_batch_timeout)),
+                    ready_path="/health",
                 ),
-            ]
-            for server, path in contenders:
-                ready = server.start()
-                print(f"{model}: {server.label} ready in {ready:.2f} s on {server.url}", flush=True)
-                try:
-                    probes.append({"model": model, "server": server.label, "probabilities": _probe(server, path, pngs[0])})
-                    for concurrency in args.concurrency:
-                        runs.append({"model": model, **_run(loadgen, server, path, concurrency, args)})
-                finally:
-                    server.stop()
-                servers.append({"model": model, "label": server.label, "ready_s": server.ready_s, "peak_rss_mb": server.peak_rss / 2**20})
-    finally:
-        loadgen.close()
+                "/predict",
+            ),
+        ]
+        for server, path in contenders:
+            ready = server.start()
+            print(f"{model}: {server.label} ready in {ready:.2f} s on {server.url}", flush=True)
+            try:
+                probes.append({"model": model, "server": server.label, "probabilities": _probe(server, path, pngs[0])})
+                for concurrency in args.concurrency:
+                    runs.append({"model": model, **_run(loadgen, server, path, concurrency, args)})
+            finally:
+                server.stop()
+            servers.append({"model": model, "label": server.label, "ready_s": server.ready_s, "peak_rss_mb": server.peak_rss / 2**20})
 
     results = {
         "name": args.name,

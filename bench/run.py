@@ -1,8 +1,8 @@
 """``python -m bench``: how close the served throughput comes to the models' own limit.
 
 1. the limit: forward passes in this process at batch sizes 1 to 256 (``bench.limit``);
-2. the real server, default settings (dynamic batching on), driven over loopback by a separate
-   load-generator process (``bench.load``): GET /healthz at concurrency 1, single-image PNG
+2. the real server, default settings (dynamic batching on), driven over loopback by wrk, a
+   separate load-generator process (``bench.load``): GET /healthz at concurrency 1, single-image PNG
    requests (multipart and JSON/base64) at each concurrency, batch requests of 64 and 256
    images, then a soak that watches the server's memory;
 3. the same single-image runs against a server started with DIGITS_MAX_BATCH_SIZE=1;
@@ -220,7 +220,7 @@ class Bench:
             "ratio_to_limit": outcome["images_per_s"] / limit["images_per_s"] if limit else None,
             "loadgen_cpu_fraction": outcome["loadgen_cpu_fraction"],
             "server_cpu_fraction": server_cpu,
-            "event_loop": outcome["event_loop"],
+            "client": outcome["client"],
         }
         p50 = (run["latency_ms"] or {}).get("p50")
         print(
@@ -375,22 +375,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         row = ", ".join(f"b{lim['batch_size']} {lim['images_per_s']:.0f}" for lim in limits if lim["model"] == model)
         print(f"  {model}: {row} images/s", flush=True)
 
-    loadgen = LoadGenerator(payloads, raw_dir / "loadgen.stderr")
+    loadgen = LoadGenerator(payloads, raw_dir / "loadgen")
     bench = Bench(plan, env, loadgen, limits, args.server_python)
+    server = bench.start("batching", {}, raw_dir, args.weights_dir)
     try:
-        server = bench.start("batching", {}, raw_dir, args.weights_dir)
+        bench.batching_phase(server)
+    finally:
+        bench.finish(server)
+    if plan.baseline:
+        server = bench.start("no-batching", {"DIGITS_MAX_BATCH_SIZE": "1"}, raw_dir, args.weights_dir)
         try:
-            bench.batching_phase(server)
+            bench.baseline_phase(server)
         finally:
             bench.finish(server)
-        if plan.baseline:
-            server = bench.start("no-batching", {"DIGITS_MAX_BATCH_SIZE": "1"}, raw_dir, args.weights_dir)
-            try:
-                bench.baseline_phase(server)
-            finally:
-                bench.finish(server)
-    finally:
-        loadgen.close()
 
     results: Result = {
         "schema": 1,
