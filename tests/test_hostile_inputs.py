@@ -314,6 +314,29 @@ async def test_multipart_without_a_boundary(client: httpx.AsyncClient) -> None:
     assert_error(response, 400, "multipart body could not be parsed")
 
 
+async def test_multipart_part_without_a_name(client: httpx.AsyncClient) -> None:
+    body = b"--b\r\nContent-Type: image/png\r\n\r\n" + ONE + b"\r\n--b--\r\n"
+    response = await send(client, "POST", "/predict", content=body, headers={"content-type": "multipart/form-data; boundary=b"})
+    assert_error(response, 400, "a part has no Content-Disposition name")
+
+
+async def test_multipart_cut_short_is_400(client: httpx.AsyncClient) -> None:
+    """A body cut off inside its second part: an error, not a prediction for the first part alone."""
+    body = multipart_body([("files", "one.png", ONE), ("files", "two.png", ONE)])
+    cut = body[: body.index(b"two.png") + 40]
+    response = await send(
+        client, "POST", "/predict", content=cut, headers={"content-type": "multipart/form-data; boundary=hostile-boundary"}
+    )
+    assert_error(response, 400, "ends before its closing boundary")
+
+
+async def test_more_text_fields_than_the_limit_is_413(small_client: httpx.AsyncClient) -> None:
+    fields = {f"note{i}": "x" for i in range(5)}
+    assert_error(
+        await send(small_client, "POST", "/predict", data=fields, files=[("files", ("d.png", ONE, "image/png"))]), 413, "more than 4"
+    )
+
+
 @pytest.mark.parametrize("count", [5, 12])
 async def test_more_files_than_the_limit_is_413(small_client: httpx.AsyncClient, count: int) -> None:
     files = [("files", (f"d{i}.png", ONE, "image/png")) for i in range(count)]
