@@ -3,6 +3,8 @@
 import asyncio
 import base64
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,8 @@ import torch
 from models.checkpoint import load_classifier, load_ensemble
 from models.data import Digits, normalise
 from models.registry import ARCHITECTURES
-from tests.conftest import WEIGHTS, LiveServer, png_bytes, start_server, stop_server
+from service.__main__ import parse_settings
+from tests.conftest import ROOT, WEIGHTS, LiveServer, png_bytes, start_server, stop_server
 
 
 def direct_probabilities(digits: Digits) -> dict[str, torch.Tensor]:
@@ -158,3 +161,19 @@ def test_sigterm_answers_every_accepted_request(tmp_path: Path, mnist_test: Digi
     # Accepted requests are answered in full; requests after the listener closed are refused.
     assert all(o in (200, 503) or o == "ConnectError" for o in outcomes), outcomes
     assert "Application shutdown complete" in server.log()
+
+
+def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "9000")
+    monkeypatch.setenv("DIGITS_MAX_BATCH_SIZE", "16")
+    assert (parse_settings([]).port, parse_settings([]).max_batch_size) == (9000, 16)
+    settings = parse_settings(["--port", "8123", "--max-batch-size", "8"])
+    assert (settings.port, settings.max_batch_size) == (8123, 8)
+
+
+def test_an_unknown_or_invalid_flag_stops_the_server_at_once() -> None:
+    """A mistyped flag must not start a server on settings the user did not ask for."""
+    for flags, message in ((["--prot", "8123"], "unrecognized arguments: --prot"), (["--port", "http"], "invalid setting PORT='http'")):
+        finished = subprocess.run([sys.executable, "-m", "service", *flags], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert finished.returncode == 2, finished.stdout
+        assert message in finished.stderr and "Traceback" not in finished.stderr, finished.stderr[-2000:]
