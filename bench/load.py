@@ -153,6 +153,8 @@ class LoadGenerator:
         cpu = _children_cpu_seconds() - cpu_before
         wall = stats["duration_us"] / 1e6
         answered = int(stats["answered"])
+        if job.requests and answered < job.requests:
+            raise RuntimeError(f"wrk gave up after {answered} of {job.requests} answers in {wall:.0f} s")
         socket_errors = sum(n for kind, n in stats["errors"].items() if kind.startswith("socket"))
         ok = answered - sum(n for kind, n in stats["errors"].items() if kind.startswith("HTTP"))
         latency_ms = {key: stats[key] / 1000 for key in ("p50", "p95", "p99", "mean", "min", "max")} if answered else None
