@@ -58,7 +58,7 @@ class Job:
     concurrency: int = 1
     duration_s: float = 1.0  # measured window, unless ``requests`` is given
     warmup_s: float = 0.2  # untimed load before the measured window
-    requests: int | None = None  # a fixed number of measured answers instead of a duration
+    requests: int | None = None  # stop after this many answers instead of a duration (in-flight ones may add a few)
     timeout_s: float = 120.0
 
 

@@ -116,7 +116,7 @@ async def _read_multipart(request: Request, settings: Settings) -> list[RawImage
     if parts.parser.state != MultipartState.END:  # the upload was cut short: say so rather than drop its tail
         raise InputError("the multipart body could not be parsed: it ends before its closing boundary", status_code=400)
     if "files" in parts.fields:
-        raise InputError(f"{describe(parts.fields.index('files'), None)}: the part 'files' is a text field, not a file upload")
+        raise InputError("a part named 'files' is a text field, not a file upload: send each image as a file (with a filename)")
     files = [(filename, data) for name, filename, data in parts.files if name == "files"]
     if not files:
         names = sorted({name for name, _, _ in parts.files} | set(parts.fields))

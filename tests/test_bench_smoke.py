@@ -119,7 +119,9 @@ def test_servers_soak_latency_floor_and_targets(quick_results) -> None:
     for server in servers.values():
         assert server["ready_s"] > 0 and server["peak_rss_mb"] > 50
     soak = results["soak"]
-    assert soak["requests"] == 500 and soak["errors"] == 0 and soak["model"] == "resnet"
+    # wrk stops after the 500th answer; requests already in flight on other connections may
+    # still be answered in the same turn of its event loop, and they are counted
+    assert 500 <= soak["requests"] < 500 + soak["concurrency"] and soak["errors"] == 0 and soak["model"] == "resnet"
     assert soak["rss_before_mb"] > 0 and soak["rss_after_mb"] > 0 and isinstance(soak["growth_pct"], float)
     assert {(f["model"], f["body"]) for f in results["latency_floor"]} == {("resnet", "multipart"), ("resnet", "json")}
     names = [t["name"] for t in results["targets"]]
