@@ -160,12 +160,12 @@ def evaluate_targets(results: Result) -> list[Result]:
     if soak is not None:
         targets.append(
             _target(
-                f"RSS growth over {soak['requests']} requests",
+                "RSS growth over the soak",
                 soak["growth_pct"],
                 "<",
                 RSS_GROWTH_MAX_PCT,
                 "%",
-                f"{soak['rss_before_mb']:.1f} -> {soak['rss_after_mb']:.1f} MB",
+                f"{soak['requests']} requests, {soak['rss_before_mb']:.1f} -> {soak['rss_after_mb']:.1f} MB",
             )
         )
     errors = sum(run["errors"] for run in runs) + (soak["errors"] if soak else 0)
