@@ -140,8 +140,8 @@ class DynamicBatcher:
                 await self._run_batch(batch)
 
     def _forward_chunks(self, chunks: list[torch.Tensor]) -> torch.Tensor:
-        """Concatenate and run in the inference thread: torch ops on the event loop would
-        compete with the forward pass for torch's thread pool."""
+        """Concatenate and run through the runtime's executor, in the one thread that does
+        all torch work: torch ops in a second thread would get an OpenMP team of their own."""
         return self._forward(chunks[0] if len(chunks) == 1 else torch.cat(chunks))
 
     async def _run_batch(self, batch: list[_Item]) -> None:

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     weights_dir: Path = Field(Path(__file__).resolve().parent.parent / "weights", description="checkpoints and their metadata")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto picks CUDA, then MPS, then CPU")
     torch_threads: int = Field(0, ge=0, description="intra-op threads for forward passes; 0 = one per CPU core but one")
+    inference_thread: Literal["auto", "on", "off"] = Field(
+        "auto", description="on: passes run in one dedicated thread; off: on the event loop; auto: off on a CPU with one torch thread"
+    )
     default_model: ModelName = Field("ensemble", description="model used when a request names none")
 
     max_batch_size: int = Field(128, ge=1, description="most images in one forward pass; larger requests are split")

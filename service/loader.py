@@ -43,7 +43,7 @@ class ServedModel:
     threads: int = 1  # torch intra-op threads
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Probabilities for pixel intensities in [0, 1]; runs in the inference thread."""
+        """Probabilities for pixel intensities in [0, 1]; runs in the runtime's one torch thread."""
         torch.set_num_threads(self.threads)  # OpenMP keeps this per calling thread: set it where the pass runs
         with torch.inference_mode():
             batch = (images.to(self.device, non_blocking=True) - MNIST_MEAN) / MNIST_STD

@@ -9,7 +9,9 @@ import asyncio
 import functools
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import Any
 
 import anyio
 import torch
@@ -21,9 +23,29 @@ from service.errors import Overloaded
 from service.loader import ServedModel, load_models, select_device
 from service.metrics import Metrics
 
-__all__ = ["Runtime"]
+__all__ = ["Runtime", "wants_inference_thread"]
 
 log = logging.getLogger(__name__)
+
+
+class _EventLoopExecutor(Executor):
+    """Runs each call at once, in the calling thread: the event loop's."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+
+def wants_inference_thread(settings: Settings, device: torch.device) -> bool:
+    """``auto``: a dedicated thread unless on a CPU with one torch thread. A GPU pass ends in
+    a device sync, and parallel CPU passes release the GIL long enough to overlap HTTP work."""
+    if settings.inference_thread != "auto":
+        return settings.inference_thread == "on"
+    return device.type != "cpu" or settings.inference_threads() > 1
 
 
 class Runtime:
@@ -31,11 +53,19 @@ class Runtime:
         self.settings = settings
         self.metrics = metrics
         self.device = select_device(settings.device)
-        # One inference thread does all of torch's work, loading included: forward passes on
-        # one device run one at a time anyway, and each thread that runs a parallel torch op
-        # gets its own OpenMP team. With a second team (from loading in the main thread) on a
-        # 2-core machine a batch-1 forward pass took 2.3 ms instead of 0.45 (bench/README.md).
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        # One thread does all of torch's work, loading included: forward passes on one device
+        # run one at a time anyway, and each thread that runs a parallel torch op gets its own
+        # OpenMP team. With a second team (from loading in the main thread) on a 2-core machine
+        # a batch-1 forward pass took 2.3 ms instead of 0.45 (bench/README.md).
+        # Which thread: a dedicated one lets the event loop parse and decode the next requests
+        # during a pass, but every torch op of the pass then takes the GIL back from the busy
+        # event loop. On a CPU with one torch thread the event loop itself is faster: 1.4-1.5x
+        # the images/s at concurrency 32 and a third off the idle latency (bench/README.md).
+        # It blocks the loop for a pass (at most ~25 ms: 128 images through the ensemble).
+        self.inference_thread = wants_inference_thread(settings, self.device)
+        self._executor: Executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference") if self.inference_thread else _EventLoopExecutor()
+        )
         self.models: dict[str, ServedModel] = self._executor.submit(
             load_models, settings.weights_dir, self.device, settings.inference_threads()
         ).result()

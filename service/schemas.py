@@ -88,6 +88,7 @@ class BatchingInfo(BaseModel):
     max_batch_wait_ms: float
     max_queue_images: int
     request_timeout_s: float
+    inference_thread: bool = Field(description="forward passes run in a dedicated thread (true) or on the event loop (false)")
 
 
 class ModelInfoResponse(BaseModel):

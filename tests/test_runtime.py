@@ -1,8 +1,9 @@
-"""The runtime keeps every torch operation in its one inference thread.
+"""The runtime keeps every torch operation in one thread: a dedicated one, or the event loop's.
 
 Each thread that runs a parallel torch op gets an OpenMP team of its own; with a second
 team on a 2-core machine a batch-1 forward pass became five times slower. Loading,
-warm-up and inference must share one thread.
+warm-up and inference must share one thread. On a CPU with one torch thread that is the
+event loop's (no hand-off per pass); otherwise a dedicated inference thread.
 """
 
 import asyncio
@@ -20,7 +21,13 @@ from service.metrics import Metrics
 from tests.conftest import WEIGHTS
 
 
-async def test_models_load_warm_up_and_run_in_the_inference_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("torch_threads", "mode", "inference_thread"),
+    [(2, "auto", True), (1, "on", True), (1, "auto", False), (2, "off", False)],
+)
+async def test_models_load_warm_up_and_run_in_one_thread(
+    monkeypatch: pytest.MonkeyPatch, torch_threads: int, mode: str, inference_thread: bool
+) -> None:
     threads: list[str] = []
     forward = ServedModel.forward
 
@@ -34,7 +41,8 @@ async def test_models_load_warm_up_and_run_in_the_inference_thread(monkeypatch: 
 
     monkeypatch.setattr(runtime_module, "load_models", recording_load)
     monkeypatch.setattr(ServedModel, "forward", recording_forward)
-    runtime = runtime_module.Runtime(Settings(weights_dir=WEIGHTS, warmup_batches=1, torch_threads=2), Metrics())
+    settings = Settings(weights_dir=WEIGHTS, warmup_batches=1, torch_threads=torch_threads, inference_thread=mode, device="cpu")
+    runtime = runtime_module.Runtime(settings, Metrics())
     await runtime.start()
     try:
         await runtime.warm_up()
@@ -42,11 +50,30 @@ async def test_models_load_warm_up_and_run_in_the_inference_thread(monkeypatch: 
     finally:
         await runtime.stop()
     assert probabilities.shape == (3, 10)
-    assert len(threads) > 1 and set(threads) == {"inference_0"}
-    assert all(model.threads == 2 for model in runtime.models.values())
+    assert runtime.inference_thread is inference_thread
+    assert len(threads) > 1 and set(threads) == {"inference_0" if inference_thread else threading.current_thread().name}
+    assert all(model.threads == torch_threads for model in runtime.models.values())
 
 
-async def test_a_request_that_outlives_its_timeout_is_answered_overloaded(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("mode", "device", "torch_threads", "expected"),
+    [
+        ("auto", "cpu", 1, False),  # the event loop: no hand-off per pass
+        ("auto", "cpu", 3, True),  # parallel passes release the GIL: let HTTP work overlap them
+        ("auto", "cuda", 1, True),  # a GPU pass ends in a sync that must not block the event loop
+        ("auto", "mps", 1, True),
+        ("on", "cpu", 1, True),
+        ("off", "cuda", 1, False),
+    ],
+)
+def test_where_passes_run(mode: str, device: str, torch_threads: int, expected: bool) -> None:
+    settings = Settings(inference_thread=mode, torch_threads=torch_threads)
+    assert runtime_module.wants_inference_thread(settings, torch.device(device)) is expected
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+async def test_a_request_that_outlives_its_timeout_is_answered_overloaded(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """With passes on the event loop the timeout can only fire once the slow pass returns, but it still fires."""
     forward = ServedModel.forward
     slow = threading.Event()
 
@@ -56,7 +83,8 @@ async def test_a_request_that_outlives_its_timeout_is_answered_overloaded(monkey
         return forward(self, images)
 
     monkeypatch.setattr(ServedModel, "forward", sometimes_slow_forward)
-    runtime = runtime_module.Runtime(Settings(weights_dir=WEIGHTS, warmup_batches=1, request_timeout_s=0.1), Metrics())
+    settings = Settings(weights_dir=WEIGHTS, warmup_batches=1, request_timeout_s=0.1, torch_threads=1, inference_thread=mode)
+    runtime = runtime_module.Runtime(settings, Metrics())
     await runtime.start()
     try:
         await runtime.warm_up()
