@@ -61,9 +61,11 @@ class DynamicBatcher:
         max_batch_size: int,
         max_wait_s: float,
         max_queue_images: int,
+        event_loop_max_images: int = 0,
         observer: BatchObserver | None = None,
     ) -> None:
         self.name = name
+        self.event_loop_max_images = event_loop_max_images
         self._forward = forward
         self._executor = executor
         self.max_batch_size = max_batch_size
@@ -140,8 +142,7 @@ class DynamicBatcher:
                 await self._run_batch(batch)
 
     def _forward_chunks(self, chunks: list[torch.Tensor]) -> torch.Tensor:
-        """Concatenate and run through the runtime's executor, in the one thread that does
-        all torch work: torch ops in a second thread would get an OpenMP team of their own."""
+        """Concatenate and run the pass (in the executor, or on the event loop when small)."""
         return self._forward(chunks[0] if len(chunks) == 1 else torch.cat(chunks))
 
     async def _run_batch(self, batch: list[_Item]) -> None:
@@ -149,7 +150,10 @@ class DynamicBatcher:
         started = time.perf_counter()
         try:
             chunks = [item.images for item in batch]
-            probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self._forward_chunks, chunks)
+            if size <= self.event_loop_max_images:  # short enough to block the loop: no thread hand-off
+                probabilities = self._forward_chunks(chunks)
+            else:
+                probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self._forward_chunks, chunks)
         except Exception as exc:  # a failed forward fails only this batch's requests
             log.exception("forward pass of %s failed for a batch of %d images", self.name, size)
             for item in batch:

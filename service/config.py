@@ -28,8 +28,8 @@ class Settings(BaseSettings):
     weights_dir: Path = Field(Path(__file__).resolve().parent.parent / "weights", description="checkpoints and their metadata")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto picks CUDA, then MPS, then CPU")
     torch_threads: int = Field(0, ge=0, description="intra-op threads for forward passes; 0 = one per CPU core but one")
-    inference_thread: Literal["auto", "on", "off"] = Field(
-        "auto", description="on: passes run in one dedicated thread; off: on the event loop; auto: off on a CPU with one torch thread"
+    event_loop_pass_images: int = Field(
+        -1, ge=-1, description="passes of at most this many images run on the event loop; -1 = 32 on a CPU with one torch thread, else 0"
     )
     default_model: ModelName = Field("ensemble", description="model used when a request names none")
 

@@ -9,9 +9,7 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
 
 import anyio
 import torch
@@ -23,29 +21,30 @@ from service.errors import Overloaded
 from service.loader import ServedModel, load_models, select_device
 from service.metrics import Metrics
 
-__all__ = ["Runtime", "wants_inference_thread"]
+__all__ = ["Runtime", "event_loop_max_images"]
 
 log = logging.getLogger(__name__)
 
 
-class _EventLoopExecutor(Executor):
-    """Runs each call at once, in the calling thread: the event loop's."""
+def event_loop_max_images(settings: Settings, device: torch.device) -> int:
+    """Passes of at most this many images run on the event loop, larger ones in the inference thread.
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except Exception as exc:
-            future.set_exception(exc)
-        return future
-
-
-def wants_inference_thread(settings: Settings, device: torch.device) -> bool:
-    """``auto``: a dedicated thread unless on a CPU with one torch thread. A GPU pass ends in
-    a device sync, and parallel CPU passes release the GIL long enough to overlap HTTP work."""
-    if settings.inference_thread != "auto":
-        return settings.inference_thread == "on"
-    return device.type != "cpu" or settings.inference_threads() > 1
+    Auto (-1): 32 on a CPU with one torch thread, else 0. With the thread, every torch op of a
+    pass (~100) releases the GIL for its kernel and must take it back from the busy event
+    loop: on 2 cores small passes ran 1.4-1.5x faster on the loop itself (bench/README.md).
+    Large passes stay in the thread so the loop keeps parsing and decoding meanwhile (all
+    passes on the loop halved the images/s of 256-image requests). A GPU pass ends in a
+    device sync, and parallel CPU passes would give the loop thread an OpenMP team of its own.
+    """
+    single_cpu_thread = device.type == "cpu" and settings.inference_threads() == 1
+    if settings.event_loop_pass_images < 0:
+        return 32 if single_cpu_thread else 0
+    if settings.event_loop_pass_images > 0 and not single_cpu_thread:
+        raise RuntimeError(
+            "DIGITS_EVENT_LOOP_PASS_IMAGES > 0 needs the CPU and one torch thread (DIGITS_TORCH_THREADS=1): "
+            "torch ops in a second thread would get an OpenMP team of their own"
+        )
+    return settings.event_loop_pass_images
 
 
 class Runtime:
@@ -53,19 +52,14 @@ class Runtime:
         self.settings = settings
         self.metrics = metrics
         self.device = select_device(settings.device)
-        # One thread does all of torch's work, loading included: forward passes on one device
-        # run one at a time anyway, and each thread that runs a parallel torch op gets its own
-        # OpenMP team. With a second team (from loading in the main thread) on a 2-core machine
-        # a batch-1 forward pass took 2.3 ms instead of 0.45 (bench/README.md).
-        # Which thread: a dedicated one lets the event loop parse and decode the next requests
-        # during a pass, but every torch op of the pass then takes the GIL back from the busy
-        # event loop. On a CPU with one torch thread the event loop itself is faster: 1.4-1.5x
-        # the images/s at concurrency 32 and a third off the idle latency (bench/README.md).
-        # It blocks the loop for a pass (at most ~25 ms: 128 images through the ensemble).
-        self.inference_thread = wants_inference_thread(settings, self.device)
-        self._executor: Executor = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference") if self.inference_thread else _EventLoopExecutor()
-        )
+        # One inference thread does all of torch's work, loading included: forward passes on
+        # one device run one at a time anyway, and each thread that runs a parallel torch op
+        # gets its own OpenMP team. With a second team (from loading in the main thread) on a
+        # 2-core machine a batch-1 forward pass took 2.3 ms instead of 0.45 (bench/README.md).
+        # The one exception, small passes on the event loop, is allowed only with one torch
+        # thread, where no op starts a team.
+        self.event_loop_max_images = event_loop_max_images(settings, self.device)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.models: dict[str, ServedModel] = self._executor.submit(
             load_models, settings.weights_dir, self.device, settings.inference_threads()
         ).result()
@@ -87,6 +81,7 @@ class Runtime:
                 max_batch_size=self.settings.max_batch_size,
                 max_wait_s=self.settings.max_batch_wait_ms / 1000,
                 max_queue_images=self.settings.max_queue_images,
+                event_loop_max_images=self.event_loop_max_images,
                 observer=self.metrics,
             )
             batcher.start()

@@ -88,7 +88,9 @@ class BatchingInfo(BaseModel):
     max_batch_wait_ms: float
     max_queue_images: int
     request_timeout_s: float
-    inference_thread: bool = Field(description="forward passes run in a dedicated thread (true) or on the event loop (false)")
+    event_loop_max_images: int = Field(
+        description="passes of at most this many images run on the event loop, larger ones in the inference thread"
+    )
 
 
 class ModelInfoResponse(BaseModel):

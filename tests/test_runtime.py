@@ -1,9 +1,9 @@
-"""The runtime keeps every torch operation in one thread: a dedicated one, or the event loop's.
+"""The runtime keeps torch's work in its one inference thread, small passes with one torch thread excepted.
 
 Each thread that runs a parallel torch op gets an OpenMP team of its own; with a second
 team on a 2-core machine a batch-1 forward pass became five times slower. Loading,
-warm-up and inference must share one thread. On a CPU with one torch thread that is the
-event loop's (no hand-off per pass); otherwise a dedicated inference thread.
+warm-up and inference must share one thread. With one torch thread no op starts a team,
+and small passes run on the event loop instead, without a hand-off to the thread and back.
 """
 
 import asyncio
@@ -21,13 +21,41 @@ from service.metrics import Metrics
 from tests.conftest import WEIGHTS
 
 
-@pytest.mark.parametrize(
-    ("torch_threads", "mode", "inference_thread"),
-    [(2, "auto", True), (1, "on", True), (1, "auto", False), (2, "off", False)],
-)
-async def test_models_load_warm_up_and_run_in_one_thread(
-    monkeypatch: pytest.MonkeyPatch, torch_threads: int, mode: str, inference_thread: bool
+@pytest.mark.parametrize(("torch_threads", "small_on_the_loop"), [(2, False), (1, True)])
+async def test_torch_work_stays_in_the_inference_thread_but_for_small_passes_with_one_torch_thread(
+    monkeypatch: pytest.MonkeyPatch, torch_threads: int, small_on_the_loop: bool
 ) -> None:
+    calls: list[tuple[str, int]] = []  # (thread, images) of each load and pass
+    forward = ServedModel.forward
+
+    def recording_load(*args: object) -> dict[str, ServedModel]:
+        calls.append((threading.current_thread().name, 0))
+        return load_models(*args)  # type: ignore[arg-type]
+
+    def recording_forward(self: ServedModel, images: torch.Tensor) -> torch.Tensor:
+        calls.append((threading.current_thread().name, len(images)))
+        return forward(self, images)
+
+    monkeypatch.setattr(runtime_module, "load_models", recording_load)
+    monkeypatch.setattr(ServedModel, "forward", recording_forward)
+    settings = Settings(weights_dir=WEIGHTS, warmup_batches=1, torch_threads=torch_threads, device="cpu")
+    runtime = runtime_module.Runtime(settings, Metrics())
+    await runtime.start()
+    try:
+        await runtime.warm_up()
+        calls.clear()  # loading and warm-up: test_loading_and_warm_up_run_in_the_inference_thread
+        small = await runtime.predict("resnet", torch.zeros(3, 1, 28, 28))
+        large = await runtime.predict("resnet", torch.zeros(40, 1, 28, 28))
+    finally:
+        await runtime.stop()
+    assert small.shape == (3, 10) and large.shape == (40, 10)
+    loop_thread = threading.current_thread().name
+    assert calls == [(loop_thread if small_on_the_loop else "inference_0", 3), ("inference_0", 40)]
+    assert runtime.event_loop_max_images == (32 if small_on_the_loop else 0)
+    assert all(model.threads == torch_threads for model in runtime.models.values())
+
+
+async def test_loading_and_warm_up_run_in_the_inference_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     threads: list[str] = []
     forward = ServedModel.forward
 
@@ -41,39 +69,39 @@ async def test_models_load_warm_up_and_run_in_one_thread(
 
     monkeypatch.setattr(runtime_module, "load_models", recording_load)
     monkeypatch.setattr(ServedModel, "forward", recording_forward)
-    settings = Settings(weights_dir=WEIGHTS, warmup_batches=1, torch_threads=torch_threads, inference_thread=mode, device="cpu")
-    runtime = runtime_module.Runtime(settings, Metrics())
+    runtime = runtime_module.Runtime(Settings(weights_dir=WEIGHTS, warmup_batches=1, torch_threads=1), Metrics())
     await runtime.start()
     try:
         await runtime.warm_up()
-        probabilities = await runtime.predict("resnet", torch.zeros(3, 1, 28, 28))
     finally:
         await runtime.stop()
-    assert probabilities.shape == (3, 10)
-    assert runtime.inference_thread is inference_thread
-    assert len(threads) > 1 and set(threads) == {"inference_0" if inference_thread else threading.current_thread().name}
-    assert all(model.threads == torch_threads for model in runtime.models.values())
+    assert len(threads) > 1 and set(threads) == {"inference_0"}
 
 
 @pytest.mark.parametrize(
-    ("mode", "device", "torch_threads", "expected"),
+    ("setting", "device", "torch_threads", "expected"),
     [
-        ("auto", "cpu", 1, False),  # the event loop: no hand-off per pass
-        ("auto", "cpu", 3, True),  # parallel passes release the GIL: let HTTP work overlap them
-        ("auto", "cuda", 1, True),  # a GPU pass ends in a sync that must not block the event loop
-        ("auto", "mps", 1, True),
-        ("on", "cpu", 1, True),
-        ("off", "cuda", 1, False),
+        (-1, "cpu", 1, 32),  # auto: small passes on the event loop
+        (-1, "cpu", 3, 0),  # parallel passes would give the loop thread an OpenMP team
+        (-1, "cuda", 1, 0),  # a GPU pass ends in a device sync that must not block the loop
+        (-1, "mps", 1, 0),
+        (0, "cpu", 1, 0),
+        (128, "cpu", 1, 128),
     ],
 )
-def test_where_passes_run(mode: str, device: str, torch_threads: int, expected: bool) -> None:
-    settings = Settings(inference_thread=mode, torch_threads=torch_threads)
-    assert runtime_module.wants_inference_thread(settings, torch.device(device)) is expected
+def test_which_passes_run_on_the_event_loop(setting: int, device: str, torch_threads: int, expected: int) -> None:
+    settings = Settings(event_loop_pass_images=setting, torch_threads=torch_threads)
+    assert runtime_module.event_loop_max_images(settings, torch.device(device)) == expected
 
 
-@pytest.mark.parametrize("mode", ["on", "off"])
-async def test_a_request_that_outlives_its_timeout_is_answered_overloaded(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
-    """With passes on the event loop the timeout can only fire once the slow pass returns, but it still fires."""
+def test_small_passes_on_the_loop_with_parallel_torch_stop_startup() -> None:
+    with pytest.raises(RuntimeError, match="needs the CPU and one torch thread"):
+        runtime_module.event_loop_max_images(Settings(event_loop_pass_images=8, torch_threads=2), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("on_the_loop", [0, 32])
+async def test_a_request_that_outlives_its_timeout_is_answered_overloaded(monkeypatch: pytest.MonkeyPatch, on_the_loop: int) -> None:
+    """With the pass on the event loop the timeout can only fire once the slow pass returns, but it still fires."""
     forward = ServedModel.forward
     slow = threading.Event()
 
@@ -83,7 +111,7 @@ async def test_a_request_that_outlives_its_timeout_is_answered_overloaded(monkey
         return forward(self, images)
 
     monkeypatch.setattr(ServedModel, "forward", sometimes_slow_forward)
-    settings = Settings(weights_dir=WEIGHTS, warmup_batches=1, request_timeout_s=0.1, torch_threads=1, inference_thread=mode)
+    settings = Settings(weights_dir=WEIGHTS, warmup_batches=1, request_timeout_s=0.1, torch_threads=1, event_loop_pass_images=on_the_loop)
     runtime = runtime_module.Runtime(settings, Metrics())
     await runtime.start()
     try:
