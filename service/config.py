@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto picks CUDA, then MPS, then CPU")
     torch_threads: int = Field(0, ge=0, description="intra-op threads for forward passes; 0 = one per CPU core but one")
     event_loop_pass_images: int = Field(
-        -1, ge=-1, description="passes of at most this many images run on the event loop; -1 = 32 on a CPU with one torch thread, else 0"
+        0, ge=0, description="passes of at most this many images run on the event loop, not the inference thread (CPU, one torch thread)"
     )
     default_model: ModelName = Field("ensemble", description="model used when a request names none")
 

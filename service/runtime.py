@@ -29,17 +29,15 @@ log = logging.getLogger(__name__)
 def event_loop_max_images(settings: Settings, device: torch.device) -> int:
     """Passes of at most this many images run on the event loop, larger ones in the inference thread.
 
-    Auto (-1): 32 on a CPU with one torch thread, else 0. With the thread, every torch op of a
-    pass (~100) releases the GIL for its kernel and must take it back from the busy event
-    loop: on 2 cores small passes ran 1.4-1.5x faster on the loop itself (bench/README.md).
-    Large passes stay in the thread so the loop keeps parsing and decoding meanwhile (all
-    passes on the loop halved the images/s of 256-image requests). A GPU pass ends in a
-    device sync, and parallel CPU passes would give the loop thread an OpenMP team of its own.
+    With the thread, every torch op of a pass (~100) releases the GIL for its kernel and must
+    take it back from the busy event loop, and each pass crosses threads twice. On the loop a
+    pass has neither, but the loop parses nothing while it runs. Measured on 2 cores
+    (bench/README.md): idle latency -30-45 % and c32 throughput up to +45 % in interleaved
+    runs, but a worse c32 p99 in some full runs, so it is off unless asked for. Only with one
+    torch thread on the CPU: a parallel pass would give the loop thread an OpenMP team of its
+    own, and a GPU pass ends in a device sync.
     """
-    single_cpu_thread = device.type == "cpu" and settings.inference_threads() == 1
-    if settings.event_loop_pass_images < 0:
-        return 32 if single_cpu_thread else 0
-    if settings.event_loop_pass_images > 0 and not single_cpu_thread:
+    if settings.event_loop_pass_images > 0 and not (device.type == "cpu" and settings.inference_threads() == 1):
         raise RuntimeError(
             "DIGITS_EVENT_LOOP_PASS_IMAGES > 0 needs the CPU and one torch thread (DIGITS_TORCH_THREADS=1): "
             "torch ops in a second thread would get an OpenMP team of their own"
@@ -56,8 +54,8 @@ class Runtime:
         # one device run one at a time anyway, and each thread that runs a parallel torch op
         # gets its own OpenMP team. With a second team (from loading in the main thread) on a
         # 2-core machine a batch-1 forward pass took 2.3 ms instead of 0.45 (bench/README.md).
-        # The one exception, small passes on the event loop, is allowed only with one torch
-        # thread, where no op starts a team.
+        # The one exception, small passes on the event loop (DIGITS_EVENT_LOOP_PASS_IMAGES), is
+        # allowed only with one torch thread, where no op starts a team.
         self.event_loop_max_images = event_loop_max_images(settings, self.device)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.models: dict[str, ServedModel] = self._executor.submit(

@@ -21,9 +21,9 @@ from service.metrics import Metrics
 from tests.conftest import WEIGHTS
 
 
-@pytest.mark.parametrize(("torch_threads", "small_on_the_loop"), [(2, False), (1, True)])
-async def test_torch_work_stays_in_the_inference_thread_but_for_small_passes_with_one_torch_thread(
-    monkeypatch: pytest.MonkeyPatch, torch_threads: int, small_on_the_loop: bool
+@pytest.mark.parametrize(("torch_threads", "on_the_loop"), [(2, 0), (1, 0), (1, 32)])
+async def test_torch_work_stays_in_the_inference_thread_but_for_small_passes_when_asked(
+    monkeypatch: pytest.MonkeyPatch, torch_threads: int, on_the_loop: int
 ) -> None:
     calls: list[tuple[str, int]] = []  # (thread, images) of each load and pass
     forward = ServedModel.forward
@@ -38,7 +38,9 @@ async def test_torch_work_stays_in_the_inference_thread_but_for_small_passes_wit
 
     monkeypatch.setattr(runtime_module, "load_models", recording_load)
     monkeypatch.setattr(ServedModel, "forward", recording_forward)
-    settings = Settings(weights_dir=WEIGHTS, warmup_batches=1, torch_threads=torch_threads, device="cpu")
+    settings = Settings(
+        weights_dir=WEIGHTS, warmup_batches=1, torch_threads=torch_threads, device="cpu", event_loop_pass_images=on_the_loop
+    )
     runtime = runtime_module.Runtime(settings, Metrics())
     await runtime.start()
     try:
@@ -50,8 +52,8 @@ async def test_torch_work_stays_in_the_inference_thread_but_for_small_passes_wit
         await runtime.stop()
     assert small.shape == (3, 10) and large.shape == (40, 10)
     loop_thread = threading.current_thread().name
-    assert calls == [(loop_thread if small_on_the_loop else "inference_0", 3), ("inference_0", 40)]
-    assert runtime.event_loop_max_images == (32 if small_on_the_loop else 0)
+    assert calls == [(loop_thread if on_the_loop else "inference_0", 3), ("inference_0", 40)]
+    assert runtime.event_loop_max_images == on_the_loop
     assert all(model.threads == torch_threads for model in runtime.models.values())
 
 
@@ -79,24 +81,18 @@ async def test_loading_and_warm_up_run_in_the_inference_thread(monkeypatch: pyte
 
 
 @pytest.mark.parametrize(
-    ("setting", "device", "torch_threads", "expected"),
+    ("setting", "device", "torch_threads"),
     [
-        (-1, "cpu", 1, 32),  # auto: small passes on the event loop
-        (-1, "cpu", 3, 0),  # parallel passes would give the loop thread an OpenMP team
-        (-1, "cuda", 1, 0),  # a GPU pass ends in a device sync that must not block the loop
-        (-1, "mps", 1, 0),
-        (0, "cpu", 1, 0),
-        (128, "cpu", 1, 128),
+        (8, "cpu", 2),  # a parallel pass would give the loop thread an OpenMP team
+        (8, "cuda", 1),  # a GPU pass ends in a device sync that must not block the loop
+        (8, "mps", 1),
     ],
 )
-def test_which_passes_run_on_the_event_loop(setting: int, device: str, torch_threads: int, expected: int) -> None:
+def test_small_passes_on_the_loop_need_one_torch_thread_on_the_cpu(setting: int, device: str, torch_threads: int) -> None:
     settings = Settings(event_loop_pass_images=setting, torch_threads=torch_threads)
-    assert runtime_module.event_loop_max_images(settings, torch.device(device)) == expected
-
-
-def test_small_passes_on_the_loop_with_parallel_torch_stop_startup() -> None:
     with pytest.raises(RuntimeError, match="needs the CPU and one torch thread"):
-        runtime_module.event_loop_max_images(Settings(event_loop_pass_images=8, torch_threads=2), torch.device("cpu"))
+        runtime_module.event_loop_max_images(settings, torch.device(device))
+    assert runtime_module.event_loop_max_images(Settings(torch_threads=torch_threads), torch.device(device)) == 0
 
 
 @pytest.mark.parametrize("on_the_loop", [0, 32])
