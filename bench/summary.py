@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.limit import BATCH_SIZES
-from bench.report import find_run
-from bench.run import Result
+from bench.report import Result, find_run
 
 __all__ = ["summarise"]
 

@@ -61,11 +61,11 @@ class DynamicBatcher:
         max_batch_size: int,
         max_wait_s: float,
         max_queue_images: int,
-        event_loop_max_images: int = 0,
+        event_loop_pass_images: int = 0,
         observer: BatchObserver | None = None,
     ) -> None:
         self.name = name
-        self.event_loop_max_images = event_loop_max_images
+        self.event_loop_pass_images = event_loop_pass_images
         self._forward = forward
         self._executor = executor
         self.max_batch_size = max_batch_size
@@ -150,7 +150,7 @@ class DynamicBatcher:
         started = time.perf_counter()
         try:
             chunks = [item.images for item in batch]
-            if size <= self.event_loop_max_images:  # short enough to block the loop: no thread hand-off
+            if size <= self.event_loop_pass_images:  # short enough to block the loop: no thread hand-off
                 probabilities = self._forward_chunks(chunks)
             else:
                 probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self._forward_chunks, chunks)

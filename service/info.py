@@ -44,7 +44,7 @@ def describe(runtime: Runtime) -> ModelInfoResponse:
             max_batch_wait_ms=settings.max_batch_wait_ms,
             max_queue_images=settings.max_queue_images,
             request_timeout_s=settings.request_timeout_s,
-            event_loop_max_images=runtime.event_loop_max_images,
+            event_loop_pass_images=runtime.event_loop_pass_images,
         ),
         settings=settings.public(),
         service_version=__version__,

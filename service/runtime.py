@@ -21,12 +21,12 @@ from service.errors import Overloaded
 from service.loader import ServedModel, load_models, select_device
 from service.metrics import Metrics
 
-__all__ = ["Runtime", "event_loop_max_images"]
+__all__ = ["Runtime", "event_loop_pass_images"]
 
 log = logging.getLogger(__name__)
 
 
-def event_loop_max_images(settings: Settings, device: torch.device) -> int:
+def event_loop_pass_images(settings: Settings, device: torch.device) -> int:
     """Passes of at most this many images run on the event loop, larger ones in the inference thread.
 
     With the thread, every torch op of a pass (~100) releases the GIL for its kernel and must
@@ -56,7 +56,7 @@ class Runtime:
         # 2-core machine a batch-1 forward pass took 2.3 ms instead of 0.45 (bench/README.md).
         # The one exception, small passes on the event loop (DIGITS_EVENT_LOOP_PASS_IMAGES), is
         # allowed only with one torch thread, where no op starts a team.
-        self.event_loop_max_images = event_loop_max_images(settings, self.device)
+        self.event_loop_pass_images = event_loop_pass_images(settings, self.device)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.models: dict[str, ServedModel] = self._executor.submit(
             load_models, settings.weights_dir, self.device, settings.inference_threads()
@@ -79,7 +79,7 @@ class Runtime:
                 max_batch_size=self.settings.max_batch_size,
                 max_wait_s=self.settings.max_batch_wait_ms / 1000,
                 max_queue_images=self.settings.max_queue_images,
-                event_loop_max_images=self.event_loop_max_images,
+                event_loop_pass_images=self.event_loop_pass_images,
                 observer=self.metrics,
             )
             batcher.start()

@@ -88,7 +88,7 @@ class BatchingInfo(BaseModel):
     max_batch_wait_ms: float
     max_queue_images: int
     request_timeout_s: float
-    event_loop_max_images: int = Field(
+    event_loop_pass_images: int = Field(
         description="passes of at most this many images run on the event loop, larger ones in the inference thread"
     )
 

@@ -53,7 +53,7 @@ async def test_torch_work_stays_in_the_inference_thread_but_for_small_passes_whe
     assert small.shape == (3, 10) and large.shape == (40, 10)
     loop_thread = threading.current_thread().name
     assert calls == [(loop_thread if on_the_loop else "inference_0", 3), ("inference_0", 40)]
-    assert runtime.event_loop_max_images == on_the_loop
+    assert runtime.event_loop_pass_images == on_the_loop
     assert all(model.threads == torch_threads for model in runtime.models.values())
 
 
@@ -91,8 +91,8 @@ async def test_loading_and_warm_up_run_in_the_inference_thread(monkeypatch: pyte
 def test_small_passes_on_the_loop_need_one_torch_thread_on_the_cpu(setting: int, device: str, torch_threads: int) -> None:
     settings = Settings(event_loop_pass_images=setting, torch_threads=torch_threads)
     with pytest.raises(RuntimeError, match="needs the CPU and one torch thread"):
-        runtime_module.event_loop_max_images(settings, torch.device(device))
-    assert runtime_module.event_loop_max_images(Settings(torch_threads=torch_threads), torch.device(device)) == 0
+        runtime_module.event_loop_pass_images(settings, torch.device(device))
+    assert runtime_module.event_loop_pass_images(Settings(torch_threads=torch_threads), torch.device(device)) == 0
 
 
 @pytest.mark.parametrize("on_the_loop", [0, 32])
