@@ -4,7 +4,7 @@ Why not a Python client: the async httpx client this benchmark used until sessio
 ~0.5 ms of CPU per request in its own process. At concurrency 1 that was added to every
 latency (inception, multipart: p50 2.38 ms through httpx against 1.22 ms through wrk, /healthz
 0.59 against 0.11 ms), and at concurrency 32 it held half a core of the 2 the server needs
-(938 against ~1,600 img/s). wrk spends ~10 us per request, so the numbers describe the server.
+(938 against ~1,600 img/s). wrk spends ~20-25 us of CPU per request (0.04 cores at c32), so the numbers describe the server.
 
 Each run is closed-loop: ``concurrency`` keep-alive connections, each sending its next
 request as soon as the last one is answered, on one wrk thread. Request bodies are built
