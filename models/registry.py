@@ -7,6 +7,7 @@ from torch import nn
 
 from models.inception import InceptionNet
 from models.residual import ResidualNet
+from models.spec import ARCHITECTURE_NAMES, CLASSES, ENSEMBLE, INPUT_SHAPE, MNIST_MEAN, MNIST_STD, SERVED_MODELS
 
 __all__ = [
     "ARCHITECTURES",
@@ -19,11 +20,6 @@ __all__ = [
     "Architecture",
     "build",
 ]
-
-MNIST_MEAN = 0.1307
-MNIST_STD = 0.3081
-INPUT_SHAPE = (1, 28, 28)
-CLASSES = tuple(range(10))
 
 
 @dataclass(frozen=True)
@@ -45,8 +41,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         ResidualNet,
     ),
 }
-ENSEMBLE = "ensemble"
-SERVED_MODELS = (*ARCHITECTURES, ENSEMBLE)
+assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES
 
 
 def build(arch: str) -> nn.Module:

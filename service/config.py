@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.registry import SERVED_MODELS
+from models.spec import SERVED_MODELS
 
 __all__ = ["Settings"]
 
@@ -25,17 +25,17 @@ class Settings(BaseSettings):
     host: str = Field("0.0.0.0", validation_alias=AliasChoices("HOST", "DIGITS_HOST"), description="bind address")
     port: int = Field(8000, ge=0, le=65535, validation_alias=AliasChoices("PORT", "DIGITS_PORT"), description="bind port")
 
+    workers: int = Field(1, ge=1, description="HTTP worker processes; above 1, one more process runs the models for all of them")
     weights_dir: Path = Field(Path(__file__).resolve().parent.parent / "weights", description="checkpoints and their metadata")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto picks CUDA, then MPS, then CPU")
-    torch_threads: int = Field(0, ge=0, description="intra-op threads for forward passes; 0 = one per CPU core but one")
-    event_loop_pass_images: int = Field(
-        0, ge=0, description="passes of at most this many images run on the event loop, not the inference thread (CPU, one torch thread)"
-    )
+    torch_threads: int = Field(0, ge=0, description="intra-op threads for forward passes; 0 = one per CPU core not left to an HTTP worker")
     default_model: ModelName = Field("ensemble", description="model used when a request names none")
 
-    max_batch_size: int = Field(128, ge=1, description="most images in one forward pass; larger requests are split")
+    max_batch_size: int = Field(
+        0, ge=0, description="most images in one forward pass (larger requests are split); 0 = 128 on a CPU, 2048 on a GPU"
+    )
     max_batch_wait_ms: float = Field(0.0, ge=0, description="extra wait for a batch to fill once the model is free")
-    max_queue_images: int = Field(2048, ge=1, description="images waiting per model before 503 Retry-After")
+    max_queue_images: int = Field(0, ge=0, description="images waiting per model before 503 Retry-After; 0 = 16 x the max batch size")
     request_timeout_s: float = Field(30.0, gt=0, description="answer 503 when an inference waits longer")
     warmup_batches: int = Field(3, ge=1, description="forward passes per model and batch size before ready")
 
@@ -47,13 +47,19 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="when set, /predict and /v2 need header X-API-Key")
     cors_origins: list[str] = Field(default_factory=list, description='JSON list of origins allowed by CORS, e.g. ["*"]')
     shutdown_grace_s: float = Field(20.0, ge=0, description="time to finish queued work after SIGTERM")
-    fault_injection: bool = Field(False, description="test hook: enables POST /debug/fail-next-batch; never in production")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
     def inference_threads(self) -> int:
-        """One core is left to the event loop: HTTP, multipart and PNG decoding are Python
-        work that would otherwise compete with torch's threads for the same cores."""
-        return self.torch_threads or max(1, (os.cpu_count() or 1) - 1)
+        """One core per HTTP worker is left to it: HTTP, multipart and image decoding are
+        Python work that would otherwise compete with torch's threads for the same cores."""
+        return self.torch_threads or max(1, (os.cpu_count() or 1) - self.workers)
+
+    def batch_limit(self, device_type: str) -> int:
+        """A GPU pass costs about the same from 1 to thousands of images; a CPU pass grows with the batch."""
+        return self.max_batch_size or (2048 if device_type == "cuda" else 128)
+
+    def queue_limit(self, device_type: str) -> int:
+        return self.max_queue_images or 16 * self.batch_limit(device_type)
 
     def public(self) -> dict[str, object]:
         """The settings safe to show in /model-info (no secrets)."""

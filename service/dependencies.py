@@ -1,4 +1,4 @@
-"""FastAPI dependencies shared by the routes: the runtime, readiness, the API key.
+"""FastAPI dependencies shared by the routes: the handler, readiness, the API key.
 
 All are ``async def`` although none awaits: FastAPI runs a plain ``def`` dependency in its
 thread pool, a hand-off that costs more than these checks themselves.
@@ -10,28 +10,29 @@ from fastapi import Request
 
 from service.config import Settings
 from service.errors import InputError, Overloaded
-from service.runtime import Runtime
+from service.handler import DigitClassifier
 
-__all__ = ["get_runtime", "ready_runtime", "require_api_key"]
+__all__ = ["get_handler", "ready_handler", "require_api_key"]
 
 
-async def get_runtime(request: Request) -> Runtime:
-    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-    if runtime is None:
+async def get_handler(request: Request) -> DigitClassifier:
+    handler: DigitClassifier | None = getattr(request.app.state, "handler", None)
+    if handler is None:
         raise Overloaded("the service is starting")
-    return runtime
+    return handler
 
 
-async def ready_runtime(request: Request) -> Runtime:
-    """The runtime, or 503 + Retry-After while warming up or draining.
+async def ready_handler(request: Request) -> DigitClassifier:
+    """The handler, or 503 + Retry-After while warming up or draining.
 
-    It calls get_runtime rather than depending on it: each dependency FastAPI resolves costs
-    ~10 us, and this one runs on every prediction.
+    It calls get_handler rather than depending on it: each dependency FastAPI resolves
+    costs a few microseconds, and this one runs on every prediction.
     """
-    runtime = await get_runtime(request)
-    if not runtime.ready:
-        raise Overloaded("the service is shutting down" if runtime.draining else "the models are still warming up")
-    return runtime
+    handler = await get_handler(request)
+    status = handler.backend.status()
+    if not status.ready:
+        raise Overloaded(status.reason)
+    return handler
 
 
 async def require_api_key(request: Request) -> None:

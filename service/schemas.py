@@ -76,7 +76,9 @@ class ModelInfo(BaseModel):
     weights: WeightsInfo
     metrics: dict[str, Any] = Field(description="test and validation accuracy from training")
     calibration: dict[str, Any]
+    is_digit: dict[str, Any] | None = Field(None, description="how is_digit is decided: method, threshold, measured rates")
     recipe: dict[str, Any] | None = Field(None, description="the training recipe (None for the ensemble)")
+    cuda_graphs: bool = Field(description="forward passes replay captured CUDA graphs")
     batches: int = Field(description="forward passes run since start")
     images: int = Field(description="images predicted since start")
     mean_batch_size: float
@@ -88,9 +90,7 @@ class BatchingInfo(BaseModel):
     max_batch_wait_ms: float
     max_queue_images: int
     request_timeout_s: float
-    event_loop_pass_images: int = Field(
-        description="passes of at most this many images run on the event loop, larger ones in the inference thread"
-    )
+    workers: int = Field(description="HTTP worker processes sharing the batchers")
 
 
 class ModelInfoResponse(BaseModel):
@@ -98,6 +98,7 @@ class ModelInfoResponse(BaseModel):
     models: list[ModelInfo]
     batching: BatchingInfo
     settings: dict[str, Any]
+    device: str
     service_version: str
     torch_version: str
 
@@ -146,8 +147,8 @@ class V2InputTensor(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    parameters: dict[str, Any] | None = None
-    data: list[Any] = Field(description="row-major, flat or nested")
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_size: the tensor's bytes follow the JSON header")
+    data: list[Any] | None = Field(None, description="row-major, flat or nested; absent when sent as binary data")
 
 
 class V2RequestedOutput(BaseModel):
@@ -166,7 +167,8 @@ class V2OutputTensor(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[float] | list[int]
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_size when the tensor follows the JSON header")
+    data: list[float] | list[int] | None = None
 
 
 class V2InferenceResponse(BaseModel):

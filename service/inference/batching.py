@@ -1,9 +1,9 @@
-"""Server-side dynamic batching: concurrent requests for one model share forward passes.
+"""Dynamic batching: concurrent requests for one model share forward passes.
 
-Lesson from other servers: a fixed batching delay adds latency to every request at low
-load. Here a batch is dispatched as soon as the model is free; requests that arrive
-while a forward pass runs queue up and form the next, larger batch. ``max_wait_s``
-(default 0) optionally holds a free model a little longer to let a batch fill.
+A fixed batching delay adds latency to every request at low load, so a batch is
+dispatched as soon as the model is free; requests that arrive while a forward pass runs
+queue up and form the next, larger batch. ``max_wait_s`` (default 0) optionally holds a
+free model a little longer to let a batch fill.
 """
 
 import asyncio
@@ -16,7 +16,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import torch
+import numpy as np
 
 from service.errors import Overloaded
 
@@ -27,14 +27,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Item:
-    images: torch.Tensor  # n x 1 x 28 x 28, n <= max_batch_size
-    future: asyncio.Future[torch.Tensor]
+    images: np.ndarray  # n x 1 x 28 x 28, n <= max_batch_size
+    future: asyncio.Future[np.ndarray]
     enqueued: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
 class BatchStats:
-    """Observed batching, exposed in /model-info and as Prometheus metrics."""
+    """Observed batching, reported by /model-info."""
 
     batches: int = 0
     images: int = 0
@@ -48,6 +48,8 @@ class BatchStats:
 class BatchObserver(Protocol):
     def observe_batch(self, model: str, size: int, queue_waits_s: list[float], inference_s: float) -> None: ...
 
+    def observe_queue(self, model: str, images: int) -> None: ...
+
 
 class DynamicBatcher:
     """Queues images for one model and runs them in batches on ``executor``."""
@@ -55,17 +57,15 @@ class DynamicBatcher:
     def __init__(
         self,
         name: str,
-        forward: Callable[[torch.Tensor], torch.Tensor],
+        forward: Callable[[np.ndarray], np.ndarray],
         executor: Executor,
         *,
         max_batch_size: int,
         max_wait_s: float,
         max_queue_images: int,
-        event_loop_pass_images: int = 0,
         observer: BatchObserver | None = None,
     ) -> None:
         self.name = name
-        self.event_loop_pass_images = event_loop_pass_images
         self._forward = forward
         self._executor = executor
         self.max_batch_size = max_batch_size
@@ -78,6 +78,7 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self.stats = BatchStats()
 
+    @property
     def queued_images(self) -> int:
         return self._queued_images
 
@@ -93,12 +94,13 @@ class DynamicBatcher:
             if not item.future.done():
                 item.future.set_exception(Overloaded("the server is shutting down"))
         self._queue.clear()
+        self._set_queued(0)
 
-    async def predict(self, images: torch.Tensor) -> torch.Tensor:
+    async def predict(self, images: np.ndarray) -> np.ndarray:
         """Probabilities (n x 10) for ``images`` (n x 1 x 28 x 28), in order.
 
         A request larger than ``max_batch_size`` is split into several forward passes. If
-        the caller gives up (timeout, disconnect), its not yet started chunks are dropped.
+        the caller gives up (timeout, disconnect), its chunks not yet started are dropped.
         """
         count = len(images)
         if self._queued_images + count > self.max_queue_images:
@@ -107,27 +109,36 @@ class DynamicBatcher:
                 f"{count} more would exceed the queue limit of {self.max_queue_images}"
             )
         loop = asyncio.get_running_loop()
-        items = [_Item(chunk, loop.create_future()) for chunk in torch.split(images, self.max_batch_size)]
+        step = self.max_batch_size
+        items = [_Item(images[start : start + step], loop.create_future()) for start in range(0, count, step)]
         self._queue.extend(items)
-        self._queued_images += count
+        self._set_queued(self._queued_images + count)
         self._wakeup.set()
         try:
-            results = await asyncio.gather(*(item.future for item in items))
-            return results[0] if len(results) == 1 else torch.cat(results)
+            if len(items) == 1:
+                return await items[0].future
+            return np.concatenate(await asyncio.gather(*(item.future for item in items)))
         finally:
             for item in items:
                 item.future.cancel()  # no-op for finished ones; queued ones are skipped
 
+    def _set_queued(self, images: int) -> None:
+        self._queued_images = images
+        if self._observer is not None:
+            self._observer.observe_queue(self.name, images)
+
     def _take_batch(self) -> list[_Item]:
         batch: list[_Item] = []
         size = 0
+        taken = 0
         while self._queue and size + len(self._queue[0].images) <= self.max_batch_size:
             item = self._queue.popleft()
-            self._queued_images -= len(item.images)
+            taken += len(item.images)
             if item.future.done():  # its request was abandoned
                 continue
             batch.append(item)
             size += len(item.images)
+        self._set_queued(self._queued_images - taken)
         return batch
 
     async def _run(self) -> None:
@@ -141,19 +152,16 @@ class DynamicBatcher:
             if batch:
                 await self._run_batch(batch)
 
-    def _forward_chunks(self, chunks: list[torch.Tensor]) -> torch.Tensor:
-        """Concatenate and run the pass (in the executor, or on the event loop when small)."""
-        return self._forward(chunks[0] if len(chunks) == 1 else torch.cat(chunks))
+    def _forward_chunks(self, chunks: list[np.ndarray]) -> np.ndarray:
+        """Runs in the executor: one pass over every chunk of the batch."""
+        return self._forward(chunks[0] if len(chunks) == 1 else np.concatenate(chunks))
 
     async def _run_batch(self, batch: list[_Item]) -> None:
         size = sum(len(item.images) for item in batch)
         started = time.perf_counter()
         try:
             chunks = [item.images for item in batch]
-            if size <= self.event_loop_pass_images:  # short enough to block the loop: no thread hand-off
-                probabilities = self._forward_chunks(chunks)
-            else:
-                probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self._forward_chunks, chunks)
+            probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self._forward_chunks, chunks)
         except Exception as exc:  # a failed forward fails only this batch's requests
             log.exception("forward pass of %s failed for a batch of %d images", self.name, size)
             for item in batch:
@@ -165,8 +173,7 @@ class DynamicBatcher:
         self.stats.images += size
         self.stats.largest_batch = max(self.stats.largest_batch, size)
         if self._observer is not None:
-            waits = [started - item.enqueued for item in batch]
-            self._observer.observe_batch(self.name, size, waits, finished - started)
+            self._observer.observe_batch(self.name, size, [started - item.enqueued for item in batch], finished - started)
         offset = 0
         for item in batch:
             if not item.future.done():

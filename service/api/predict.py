@@ -1,0 +1,53 @@
+"""``POST /predict``: image files in (multipart or JSON base64), one prediction per image out."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from models.spec import SERVED_MODELS
+from service.api.errors import ERRORS
+from service.dependencies import ready_handler, require_api_key
+from service.handler import DigitClassifier, encode_predictions
+from service.schemas import PredictResponse
+from service.uploads import read_request
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["predict"])
+
+# /predict parses its own body (multipart or JSON), so its schema is written here. No
+# maxItems: the contract answers too many images with 413, not a schema violation's 422.
+BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1}},
+                }
+            },
+            "application/json": {"schema": {"$ref": "#/components/schemas/PredictJSONRequest"}},
+        },
+    }
+}
+
+
+@router.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=BODY, dependencies=[Depends(require_api_key)])
+async def predict(
+    request: Request,
+    handler: Annotated[DigitClassifier, Depends(ready_handler)],
+    model: Annotated[str | None, Query(description=f"one of {', '.join(SERVED_MODELS)}")] = None,
+    include_input: Annotated[bool, Query(description="also return the 28x28 image the model saw")] = False,
+) -> Response:
+    """Classify one or more digit images (multipart parts named `files`, or JSON base64)."""
+    name = handler.model(model)
+    request.state.model = name
+    images = await handler.decode(await read_request(request, handler.settings))
+    request.state.images = len(images)
+    result = await handler.predict(name, images)
+    response = encode_predictions(name, result, images if include_input else None)
+    # Already validated: serialised once in pydantic-core instead of FastAPI re-validating.
+    return Response(response.model_dump_json(), media_type="application/json")

@@ -1,0 +1,43 @@
+"""The inference backend as the HTTP side sees it: torch-free, in-process or remote alike."""
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = ["BackendStatus", "InferenceBackend"]
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    ready: bool
+    draining: bool
+    detail: str  # why not ready, or what is served
+
+    @property
+    def reason(self) -> str:
+        return "the service is shutting down" if self.draining else self.detail
+
+
+class InferenceBackend(Protocol):
+    """Probabilities for 28x28 images, batched with every other caller's."""
+
+    def status(self) -> BackendStatus:
+        """Readiness, answered locally: it is checked on every request."""
+        ...
+
+    def begin_draining(self) -> None:
+        """Readiness off at once; work already accepted is still answered."""
+        ...
+
+    async def predict(self, model: str, images: np.ndarray) -> np.ndarray:
+        """N x 10 float32 calibrated probabilities for N x 1 x 28 x 28 float32 intensities in [0, 1].
+
+        Raises ``Overloaded`` when the model's queue is full or the backend is gone.
+        """
+        ...
+
+    async def describe(self) -> dict[str, Any]:
+        """JSON-able: ``models`` (one card each, with live batching statistics), ``device``,
+        ``max_batch_size`` and ``torch_version``."""
+        ...

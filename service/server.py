@@ -1,0 +1,54 @@
+"""uvicorn around the app, turning readiness off the moment a stop signal arrives.
+
+On SIGTERM readiness turns 503 at once (so load balancers stop sending), queued and
+in-flight requests are answered, and the process exits within the grace period; as
+uvicorn does, the signal is re-raised after the clean shutdown, so the exit status says
+"terminated by SIGTERM".
+"""
+
+import logging
+import socket
+import sys
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from service.config import Settings
+from service.handler import DigitClassifier
+
+__all__ = ["DrainingServer", "configure_logging", "serve"]
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, app: FastAPI, settings: Settings) -> None:
+        super().__init__(
+            uvicorn.Config(
+                app,
+                host=settings.host,
+                port=settings.port,
+                log_level=settings.log_level,
+                access_log=False,  # the JSON access log of AccessLogMiddleware replaces it
+                timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+                lifespan="on",
+                backlog=2048,
+            )
+        )
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        handler: DigitClassifier | None = getattr(self.app.state, "handler", None)
+        if handler is not None:
+            handler.backend.begin_draining()
+        super().handle_exit(sig, frame)
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(message)s", stream=sys.stdout, force=True)
+
+
+def serve(app: FastAPI, settings: Settings, sockets: list[socket.socket] | None = None) -> bool:
+    """Serve until a stop signal; whether the server started."""
+    server = DrainingServer(app, settings)
+    server.run(sockets=sockets)
+    return bool(server.started)
