@@ -6,10 +6,10 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
-import torch
 
-from service.batching import DynamicBatcher
+from service.inference.batching import DynamicBatcher
 from service.errors import Overloaded
 
 
@@ -22,21 +22,21 @@ class RecordingForward:
         self.fail_on_call = fail_on_call
         self.lock = threading.Lock()
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: np.ndarray) -> np.ndarray:
         with self.lock:
             self.sizes.append(len(images))
             call = len(self.sizes)
         time.sleep(self.delay_s)
         if call == self.fail_on_call:
             raise RuntimeError("injected failure")
-        out = torch.zeros(len(images), 10)
+        out = np.zeros((len(images), 10), np.float32)
         out[:, 0] = images[:, 0, 0, 0]
         return out
 
 
-def images(*values: float) -> torch.Tensor:
-    batch = torch.zeros(len(values), 1, 28, 28)
-    batch[:, 0, 0, 0] = torch.tensor(values)
+def images(*values: float) -> np.ndarray:
+    batch = np.zeros((len(values), 1, 28, 28), np.float32)
+    batch[:, 0, 0, 0] = values
     return batch
 
 
@@ -114,7 +114,7 @@ async def test_abandoned_request_is_not_computed(executor: ThreadPoolExecutor) -
     await busy
     assert (await batcher.predict(images(7.0)))[:, 0].tolist() == [7.0]
     assert forward.sizes == [1, 1]  # the five abandoned images never ran
-    assert batcher.queued_images() == 0
+    assert batcher.queued_images == 0
     await batcher.stop()
 
 

@@ -117,7 +117,10 @@ def workload(request: pytest.FixtureRequest) -> Workload:
 def routes() -> set[str]:
     """Every path the app serves; create_app() loads nothing until its lifespan runs."""
     app = create_app(Settings())
-    return {path for route in app.routes if (path := getattr(route, "path", None))}
+    routes = [*app.routes]
+    for route in routes:  # FastAPI wraps an included router; its routes carry their full paths
+        routes.extend(getattr(getattr(route, "original_router", None), "routes", []))
+    return {path for route in routes if (path := getattr(route, "path", None))}
 
 
 def settings_env_names() -> dict[str, str]:

@@ -18,7 +18,8 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.conftest import LiveServer, png_bytes, start_server, stop_server, stroke_digit_one
+from service.inference.loader import ServedModel
+from tests.conftest import LiveServer, png_bytes, serving, start_server, stop_server, stroke_digit_one
 
 ONE = png_bytes(stroke_digit_one())
 ONE_FILES = [("files", ("one.png", ONE, "image/png"))]
@@ -212,58 +213,63 @@ async def test_slow_uploads_do_not_hold_the_server(server: LiveServer) -> None:
         await assert_healthy_and_correct(http, "resnet", expected)
 
 
-# --- an injected fault in one forward pass -----------------------------------------------------
+# --- a fault in one forward pass -------------------------------------------------------------
+
+
+class FailNextPass:
+    """Wraps ServedModel.forward: once armed, the next pass raises, failing exactly the requests batched into it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.armed = False
+        forward = ServedModel.forward
+
+        def forward_or_fail(model: ServedModel, images: np.ndarray) -> np.ndarray:
+            if self.armed:
+                self.armed = False
+                raise RuntimeError(f"injected fault in a forward pass of {model.name} ({len(images)} images)")
+            return forward(model, images)
+
+        monkeypatch.setattr(ServedModel, "forward", forward_or_fail)
 
 
 @pytest.mark.timeout(90)
-async def test_injected_fault_fails_exactly_one_batch(tmp_path: Path) -> None:
+async def test_a_failed_forward_pass_fails_exactly_its_batch(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    fault = FailNextPass(monkeypatch)
     # Batches of at most 4, gathered for 300 ms: 8 concurrent requests make a full first batch and a second one.
-    faulty = start_server(
-        tmp_path, DIGITS_WARMUP_BATCHES="1", DIGITS_FAULT_INJECTION="true", DIGITS_MAX_BATCH_SIZE="4", DIGITS_MAX_BATCH_WAIT_MS="300"
-    )
-    try:
-        async with httpx.AsyncClient(base_url=faulty.url, timeout=30) as http:
-            expected = await reference(http, "resnet")
+    async with serving(max_batch_size=4, max_batch_wait_ms=300) as http:
+        expected = await reference(http, "resnet")
 
-            async def stats() -> tuple[int, int]:
-                info = {m["name"]: m for m in (await http.get("/model-info")).json()["models"]}["resnet"]
-                return info["batches"], info["images"]
+        async def stats() -> tuple[int, int]:
+            info = {m["name"]: m for m in (await http.get("/model-info")).json()["models"]}["resnet"]
+            return info["batches"], info["images"]
 
-            batches_before, images_before = await stats()
-            armed = await http.post("/debug/fail-next-batch")
-            assert armed.status_code == 200 and armed.json() == {"faults_to_inject": 1}
-            responses = await asyncio.gather(*(http.post("/predict?model=resnet", files=ONE_FILES) for _ in range(8)))
-            failed = [r for r in responses if r.status_code != 200]
-            succeeded = [r for r in responses if r.status_code == 200]
-            print(f"fault: {len(failed)} failed, {len(succeeded)} succeeded")
-            assert 1 <= len(failed) <= 4, [r.status_code for r in responses]  # one batch of at most 4 images
-            failed_ids = []
-            for response in failed:
-                assert response.status_code == 500
-                detail = response.json()["detail"]
-                assert re.fullmatch(r"internal error; quote request id [0-9a-f]{32} when reporting it", detail), detail
-                assert not any(marker in response.text for marker in LEAKS)
-                failed_ids.append(detail.split()[5])
-            for response in succeeded:
-                assert_correct(response, expected)
-            batches_after, images_after = await stats()
-            assert images_after - images_before == len(succeeded)  # the failed batch is not counted as served
-            assert batches_after > batches_before
-            # The fault is spent: the next batch succeeds.
-            assert all(
-                r.status_code == 200 for r in await asyncio.gather(*(http.post("/predict?model=resnet", files=ONE_FILES) for _ in range(4)))
-            )
-            await assert_healthy_and_correct(http, "resnet", expected)
-    finally:
-        stop_server(faulty)
-    log = faulty.log()
+        batches_before, images_before = await stats()
+        fault.armed = True
+        responses = await asyncio.gather(*(http.post("/predict?model=resnet", files=ONE_FILES) for _ in range(8)))
+        failed = [r for r in responses if r.status_code != 200]
+        succeeded = [r for r in responses if r.status_code == 200]
+        assert 1 <= len(failed) <= 4, [r.status_code for r in responses]  # one batch of at most 4 images
+        failed_ids = []
+        for response in failed:
+            assert response.status_code == 500
+            detail = response.json()["detail"]
+            assert re.fullmatch(r"internal error; quote request id [0-9a-f]{32} when reporting it", detail), detail
+            assert not any(marker in response.text for marker in LEAKS)
+            assert response.headers["x-request-id"] == detail.split()[5]  # a 500 is where a client needs it most
+            failed_ids.append(detail.split()[5])
+        for response in succeeded:
+            assert_correct(response, expected)
+        batches_after, images_after = await stats()
+        assert images_after - images_before == len(succeeded)  # the failed batch is not counted as served
+        assert batches_after > batches_before
+        # The fault is spent: the next batch succeeds.
+        assert all(r.status_code == 200 for r in await asyncio.gather(*(http.post("/predict?model=resnet", files=ONE_FILES) for _ in range(4))))
+        await assert_healthy_and_correct(http, "resnet", expected)
+    log = caplog.text
     assert log.count("failed for a batch of") == 1  # one forward pass failed, once
     assert f"forward pass of resnet failed for a batch of {len(failed)} images" in log
     for request_id in failed_ids:  # the id a client quotes finds the traceback in the log
         assert f"unhandled error in request {request_id}" in log
-    # Every other response echoes X-Request-ID; a 500 is where a client needs it most.
-    missing = [r.json()["detail"] for r in failed if "x-request-id" not in r.headers]
-    assert not missing, f"500 responses without an X-Request-ID header: {missing}"
 
 
 # --- soak -------------------------------------------------------------------------------------

@@ -1,0 +1,104 @@
+"""The engine keeps all of torch's work in its one inference thread, and times out honestly.
+
+Each thread that runs a parallel torch op gets an OpenMP team of its own; with a second
+team on a 2-core machine a batch-1 forward pass became five times slower. Loading,
+warm-up and inference must share one thread.
+"""
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.config import Settings
+from service.errors import Overloaded
+from service.handler import DigitClassifier
+from service.inference import engine as engine_module
+from service.inference.engine import Engine
+from service.inference.loader import ServedModel, batch_buckets, load_models
+from service.metrics import Metrics
+from tests.conftest import WEIGHTS
+
+
+@pytest.mark.parametrize("torch_threads", [1, 2])
+async def test_torch_work_stays_in_the_inference_thread(monkeypatch: pytest.MonkeyPatch, torch_threads: int) -> None:
+    calls: list[tuple[str, int]] = []  # (thread, images) of each load and pass
+    forward = ServedModel.forward
+
+    def recording_load(*args: object) -> dict[str, ServedModel]:
+        calls.append((threading.current_thread().name, 0))
+        return load_models(*args)  # type: ignore[arg-type]
+
+    def recording_forward(self: ServedModel, images: np.ndarray) -> np.ndarray:
+        calls.append((threading.current_thread().name, len(images)))
+        return forward(self, images)
+
+    monkeypatch.setattr(engine_module, "load_models", recording_load)
+    monkeypatch.setattr(ServedModel, "forward", recording_forward)
+    engine = Engine(Settings(weights_dir=WEIGHTS, warmup_batches=1, torch_threads=torch_threads, device="cpu"), Metrics())
+    await engine.start()
+    try:
+        await engine.warm_up()
+        small = await engine.predict("resnet", np.zeros((3, 1, 28, 28), np.float32))
+        large = await engine.predict("resnet", np.zeros((200, 1, 28, 28), np.float32))
+    finally:
+        await engine.stop()
+    assert small.shape == (3, 10) and large.shape == (200, 10)
+    assert {thread for thread, _ in calls} == {"inference_0"}
+    assert calls[-2:] == [("inference_0", 128), ("inference_0", 72)]  # split at the CPU's max batch of 128
+    assert all(model.threads == torch_threads for model in engine.models.values())
+
+
+async def test_a_request_that_outlives_its_timeout_is_answered_overloaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    forward = ServedModel.forward
+    slow = threading.Event()
+
+    def sometimes_slow_forward(self: ServedModel, images: np.ndarray) -> np.ndarray:
+        if slow.is_set():
+            time.sleep(0.3)
+        return forward(self, images)
+
+    monkeypatch.setattr(ServedModel, "forward", sometimes_slow_forward)
+    settings = Settings(weights_dir=WEIGHTS, warmup_batches=1, request_timeout_s=0.1, torch_threads=1)
+    engine = Engine(settings, Metrics())
+    handler = DigitClassifier(engine, settings)
+    await engine.start()
+    try:
+        await engine.warm_up()
+        slow.set()
+        with pytest.raises(Overloaded, match=r"did not finish within 0\.1 s"):
+            await handler.predict("resnet", np.zeros((1, 1, 28, 28), np.float32))
+        slow.clear()
+        await asyncio.sleep(0.3)  # the slow pass finishes; the model serves again
+        assert (await handler.predict("resnet", np.zeros((2, 1, 28, 28), np.float32))).probabilities.shape == (2, 10)
+    finally:
+        await engine.stop()
+
+
+def test_readiness_follows_warm_up_and_draining() -> None:
+    engine = Engine(Settings(weights_dir=WEIGHTS, warmup_batches=1, torch_threads=1))
+
+    async def lifecycle() -> list[tuple[bool, bool]]:
+        seen = [(engine.status().ready, engine.status().draining)]
+        await engine.start()
+        await engine.warm_up()
+        seen.append((engine.status().ready, engine.status().draining))
+        engine.begin_draining()
+        seen.append((engine.status().ready, engine.status().draining))
+        await engine.stop()
+        return seen
+
+    assert asyncio.run(lifecycle()) == [(False, False), (True, False), (False, True)]
+
+
+@pytest.mark.parametrize(("limit", "buckets"), [(1, [1]), (8, [1, 2, 4, 8]), (100, [1, 2, 4, 8, 16, 32, 64, 100]), (2048, [1 << k for k in range(12)])])
+def test_cuda_graph_buckets_cover_every_batch_size_up_to_the_limit(limit: int, buckets: list[int]) -> None:
+    assert batch_buckets(limit) == buckets
+    assert all(any(b >= n for b in buckets) for n in range(1, limit + 1))
+
+
+def test_batch_and_queue_limits_follow_the_device() -> None:
+    assert (Settings().batch_limit("cpu"), Settings().batch_limit("cuda")) == (128, 2048)
+    assert Settings().queue_limit("cpu") == 2048 and Settings(max_batch_size=64, max_queue_images=100).queue_limit("cuda") == 100
