@@ -5,9 +5,8 @@ not against this service. Every answer it parses is compared with what plain HTT
 /v2 and from the multipart /predict for the same images (a 28x28 white-on-black PNG passes
 /predict's preprocessing unchanged, so all paths must give the same probabilities).
 
-Known differences to Triton, by design: this server implements no protocol extensions (its
-metadata lists none), so tritonclient's binary tensor data must be switched off on inputs
-(``binary_data=False``); requested binary outputs come back as JSON, which the client accepts.
+The server implements the binary tensor data extension, so tritonclient works with its
+defaults (binary inputs, and binary outputs when none are named); JSON tensors work too.
 """
 
 from collections.abc import Iterator
@@ -22,12 +21,6 @@ from tritonclient.utils import InferenceServerException
 from models.registry import SERVED_MODELS
 from service import __version__
 from tests.conftest import LiveServer, png_bytes, stroke_digit_one
-
-# Until the server parses a JSON body whatever its Content-Type says, tritonclient's infer()
-# needs this header; test_infer_needs_no_content_type_header and test_async_client_infer
-# show the plain calls.
-JSON = {"Content-Type": "application/json"}
-
 
 def ring(size: int = 28) -> np.ndarray:
     """A hollow ellipse, zero-like, white on black."""
@@ -106,7 +99,7 @@ def test_server_and_models_are_live_and_ready(client: triton.InferenceServerClie
 
 def test_server_metadata(client: triton.InferenceServerClient) -> None:
     metadata = client.get_server_metadata()
-    assert metadata == {"name": "digits", "version": __version__, "extensions": []}
+    assert metadata == {"name": "digits", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
 def test_model_metadata(client: triton.InferenceServerClient) -> None:
@@ -126,7 +119,7 @@ def test_unknown_model_is_a_404_the_client_reports(client: triton.InferenceServe
     assert status(caught.value) == "404"
     assert "unknown model" in caught.value.message()  # read from the protocol's {"error": ...}
     with pytest.raises(InferenceServerException) as caught:
-        client.infer("no-such-model", [json_input(as_fp32(images()), "FP32")], headers=JSON)
+        client.infer("no-such-model", [json_input(as_fp32(images()), "FP32")])
     assert status(caught.value) == "404"
 
 
@@ -166,7 +159,7 @@ async def test_async_client_infer(live_server: LiveServer) -> None:
 def test_fp32_infer_matches_plain_v2_and_predict(client: triton.InferenceServerClient, live_server: LiveServer, model: str) -> None:
     batch = images()
     result = client.infer(
-        model, [json_input(as_fp32(batch), "FP32")], outputs=json_outputs("probabilities", "label"), request_id="interop-1", headers=JSON
+        model, [json_input(as_fp32(batch), "FP32")], outputs=json_outputs("probabilities", "label"), request_id="interop-1"
     )
     response = result.get_response()
     assert response["model_name"] == model
@@ -187,44 +180,64 @@ def test_fp32_infer_matches_plain_v2_and_predict(client: triton.InferenceServerC
 def test_uint8_infer_matches_fp32(client: triton.InferenceServerClient, live_server: LiveServer) -> None:
     batch = images()
     outputs = json_outputs("probabilities", "label")
-    as_uint8 = client.infer("ensemble", [json_input(batch[:, None], "UINT8")], outputs=outputs, headers=JSON)
-    as_float = client.infer("ensemble", [json_input(as_fp32(batch), "FP32")], outputs=outputs, headers=JSON)
+    as_uint8 = client.infer("ensemble", [json_input(batch[:, None], "UINT8")], outputs=outputs)
+    as_float = client.infer("ensemble", [json_input(as_fp32(batch), "FP32")], outputs=outputs)
     np.testing.assert_allclose(as_uint8.as_numpy("probabilities"), as_float.as_numpy("probabilities"), atol=1e-6)
     np.testing.assert_array_equal(as_uint8.as_numpy("label"), as_float.as_numpy("label"))
     # [N, 28, 28] is accepted as well
-    flat = client.infer("ensemble", [json_input(batch, "UINT8")], outputs=outputs, headers=JSON)
+    flat = client.infer("ensemble", [json_input(batch, "UINT8")], outputs=outputs)
     np.testing.assert_allclose(flat.as_numpy("probabilities"), as_uint8.as_numpy("probabilities"), atol=1e-6)
     np.testing.assert_allclose(as_uint8.as_numpy("probabilities"), plain_predict(live_server, "ensemble", batch), atol=1e-5)
 
 
 def test_requested_outputs_only(client: triton.InferenceServerClient) -> None:
-    result = client.infer("ensemble", [json_input(as_fp32(images()), "FP32")], outputs=json_outputs("label"), headers=JSON)
+    result = client.infer("ensemble", [json_input(as_fp32(images()), "FP32")], outputs=json_outputs("label"))
     assert [output["name"] for output in result.get_response()["outputs"]] == ["label"]
     assert result.as_numpy("probabilities") is None
 
 
-def test_default_and_binary_output_requests_come_back_as_json(client: triton.InferenceServerClient) -> None:
-    """With no outputs named, tritonclient asks for binary outputs; the server answers JSON, which it reads."""
-    batch = as_fp32(images())
-    reference = client.infer("ensemble", [json_input(batch, "FP32")], outputs=json_outputs("probabilities"), headers=JSON)
-    for outputs in (None, [triton.InferRequestedOutput("probabilities")]):
-        result = client.infer("ensemble", [json_input(batch, "FP32")], outputs=outputs, headers=JSON)
-        np.testing.assert_allclose(result.as_numpy("probabilities"), reference.as_numpy("probabilities"), atol=1e-6)
+def binary_input(array: np.ndarray, datatype: str) -> triton.InferInput:
+    tensor = triton.InferInput("input", list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)  # tritonclient's default: binary tensor data
+    return tensor
 
 
-def test_binary_input_is_refused_with_a_400(client: triton.InferenceServerClient) -> None:
-    """Binary tensor data is an extension the server does not list; the request fails cleanly."""
-    tensor = triton.InferInput("input", [1, 1, 28, 28], "FP32")
-    tensor.set_data_from_numpy(as_fp32(images()[:1]))  # binary_data=True by default
-    with pytest.raises(InferenceServerException) as caught:
-        client.infer("ensemble", [tensor], outputs=json_outputs("label"))
-    assert status(caught.value) == "400"
+@pytest.mark.parametrize("datatype", ["FP32", "UINT8"])
+def test_tritonclient_with_its_defaults_sends_and_receives_binary_tensors(client: triton.InferenceServerClient, datatype: str) -> None:
+    batch = as_fp32(images()) if datatype == "FP32" else images()
+    reference = client.infer("ensemble", [json_input(batch, datatype)], outputs=json_outputs("probabilities", "label"))
+    result = client.infer("ensemble", [binary_input(batch, datatype)])  # no outputs named: all come back binary
+    outputs = result.get_response()["outputs"]
+    assert {o["name"]: o["parameters"]["binary_data_size"] for o in outputs} == {"probabilities": 3 * 10 * 4, "label": 3 * 8}
+    np.testing.assert_allclose(result.as_numpy("probabilities"), reference.as_numpy("probabilities"), atol=1e-6)
+    np.testing.assert_array_equal(result.as_numpy("label"), reference.as_numpy("label"))
+    assert result.as_numpy("label").dtype == np.int64
+
+
+def test_binary_and_json_outputs_mix_as_requested(client: triton.InferenceServerClient) -> None:
+    outputs = [triton.InferRequestedOutput("label"), triton.InferRequestedOutput("probabilities", binary_data=False)]
+    result = client.infer("resnet", [binary_input(as_fp32(images()), "FP32")], outputs=outputs)
+    by_name = {o["name"]: o for o in result.get_response()["outputs"]}
+    assert "data" in by_name["probabilities"] and by_name["label"]["parameters"]["binary_data_size"] == 24
+    np.testing.assert_array_equal(result.as_numpy("label"), result.as_numpy("probabilities").argmax(axis=1))
+
+
+def test_binary_input_of_the_wrong_size_is_a_400(live_server: LiveServer) -> None:
+    header = b'{"inputs":[{"name":"input","shape":[1,28,28],"datatype":"UINT8","parameters":{"binary_data_size":700}}]}'
+    response = httpx.post(
+        f"{live_server.url}/v2/models/resnet/infer",
+        content=header + bytes(700),
+        headers={"Inference-Header-Content-Length": str(len(header))},
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert "needs 784 values, got 700" in response.json()["error"]
 
 
 def test_invalid_input_is_a_400_with_the_servers_message(client: triton.InferenceServerClient) -> None:
     wrong = np.zeros((1, 1, 27, 27), np.float32)
     with pytest.raises(InferenceServerException) as caught:
-        client.infer("ensemble", [json_input(wrong, "FP32")], headers=JSON)
+        client.infer("ensemble", [json_input(wrong, "FP32")])
     assert status(caught.value) == "400"
     assert "expected [N, 1, 28, 28]" in caught.value.message()
 
@@ -237,5 +250,5 @@ def test_versioned_endpoints(client: triton.InferenceServerClient) -> None:
     """
     assert client.get_model_metadata("resnet", model_version="1")["name"] == "resnet"
     assert client.is_model_ready("resnet", model_version="1")
-    result = client.infer("resnet", [json_input(as_fp32(images()), "FP32")], model_version="1", outputs=json_outputs("label"), headers=JSON)
+    result = client.infer("resnet", [json_input(as_fp32(images()), "FP32")], model_version="1", outputs=json_outputs("label"))
     assert result.as_numpy("label").shape == (3,)
