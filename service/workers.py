@@ -106,6 +106,7 @@ def serve_workers(settings: Settings) -> int:
             ended = multiprocessing.connection.wait([wake_r, *(child.sentinel for child in children)])
             died = [child for child in children if child.sentinel in ended]
             if died:
+                died[0].join(5)  # its sentinel fires when it exits, a moment before it can be reaped
                 log.error("%s exited with %s: stopping every process", died[0].name, died[0].exitcode)
                 status = 1
                 break

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
@@ -104,7 +106,10 @@ def start_server(tmp_path: Path, wait_ready: bool = True, **env: str) -> LiveSer
     log_path = tmp_path / f"server-{port}.log"
     environment = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "DIGITS_WEIGHTS_DIR": str(WEIGHTS), **env}
     with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        # A process group of its own: stop_server ends the group, so no child outlives the test.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
     if wait_ready:
         wait_until_ready(server)
@@ -126,6 +131,7 @@ def wait_until_ready(server: LiveServer, timeout_s: float = 60.0) -> None:
 
 
 def stop_server(server: LiveServer) -> int:
+    """SIGTERM to the server, then SIGKILL to whatever is left of its process group."""
     if server.process.poll() is None:
         server.process.terminate()
         try:
@@ -133,7 +139,23 @@ def stop_server(server: LiveServer) -> int:
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait()
+    end_group(server.process.pid)
     return server.process.returncode
+
+
+def end_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_suite() -> Iterator[None]:
+    """After the whole suite, no process it started is still running."""
+    yield
+    deadline = time.monotonic() + 10
+    while (left := psutil.Process().children(recursive=True)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, "processes outlived the test suite: " + "; ".join(" ".join(p.cmdline()[:4]) for p in left if p.is_running())
 
 
 @pytest.fixture(scope="module")

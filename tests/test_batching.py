@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.inference.batching import DynamicBatcher
 from service.errors import Overloaded
+from service.inference.batching import DynamicBatcher
 
 
 class RecordingForward:

@@ -93,7 +93,9 @@ def test_readiness_follows_warm_up_and_draining() -> None:
     assert asyncio.run(lifecycle()) == [(False, False), (True, False), (False, True)]
 
 
-@pytest.mark.parametrize(("limit", "buckets"), [(1, [1]), (8, [1, 2, 4, 8]), (100, [1, 2, 4, 8, 16, 32, 64, 100]), (2048, [1 << k for k in range(12)])])
+@pytest.mark.parametrize(
+    ("limit", "buckets"), [(1, [1]), (8, [1, 2, 4, 8]), (100, [1, 2, 4, 8, 16, 32, 64, 100]), (2048, [1 << k for k in range(12)])]
+)
 def test_cuda_graph_buckets_cover_every_batch_size_up_to_the_limit(limit: int, buckets: list[int]) -> None:
     assert batch_buckets(limit) == buckets
     assert all(any(b >= n for b in buckets) for n in range(1, limit + 1))

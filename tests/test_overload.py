@@ -263,7 +263,9 @@ async def test_a_failed_forward_pass_fails_exactly_its_batch(monkeypatch: pytest
         assert images_after - images_before == len(succeeded)  # the failed batch is not counted as served
         assert batches_after > batches_before
         # The fault is spent: the next batch succeeds.
-        assert all(r.status_code == 200 for r in await asyncio.gather(*(http.post("/predict?model=resnet", files=ONE_FILES) for _ in range(4))))
+        assert all(
+            r.status_code == 200 for r in await asyncio.gather(*(http.post("/predict?model=resnet", files=ONE_FILES) for _ in range(4)))
+        )
         await assert_healthy_and_correct(http, "resnet", expected)
     log = caplog.text
     assert log.count("failed for a batch of") == 1  # one forward pass failed, once

@@ -22,6 +22,7 @@ from models.registry import SERVED_MODELS
 from service import __version__
 from tests.conftest import LiveServer, png_bytes, stroke_digit_one
 
+
 def ring(size: int = 28) -> np.ndarray:
     """A hollow ellipse, zero-like, white on black."""
     y, x = np.mgrid[:size, :size]
