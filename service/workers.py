@@ -24,6 +24,8 @@ import signal
 import socket
 import sys
 import tempfile
+import time
+from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
@@ -62,14 +64,18 @@ def _run_http_worker(settings: Settings, listener: socket.socket, socket_path: P
     serve(create_app(settings, inference_socket=socket_path), settings, sockets=[listener])
 
 
-def _stop(process: BaseProcess, grace_s: float) -> None:
-    if process.is_alive() and process.pid is not None:
-        os.kill(process.pid, signal.SIGTERM)
-    process.join(grace_s)
-    if process.is_alive():
-        log.error("%s did not stop within %.0f s: killed", process.name, grace_s)
-        process.kill()
-        process.join()
+def _stop(processes: Sequence[BaseProcess], grace_s: float) -> None:
+    """SIGTERM to all at once, SIGKILL to any still running after ``grace_s``."""
+    for process in processes:
+        if process.is_alive() and process.pid is not None:
+            os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            log.error("%s did not stop within %.0f s: killed", process.name, grace_s)
+            process.kill()
+            process.join()
 
 
 def serve_workers(settings: Settings) -> int:
@@ -111,10 +117,8 @@ def serve_workers(settings: Settings) -> int:
                 status = 1
                 break
         listener.close()
-        grace = settings.shutdown_grace_s + 5
-        for worker in workers:  # first the workers: their in-flight requests still need the inference process
-            _stop(worker, grace)
-        _stop(inference, grace)
+        _stop(workers, settings.shutdown_grace_s + 2)  # first the workers: their requests in flight need the inference process
+        _stop([inference], 5)
     if received and received[0] in (signal.SIGTERM, signal.SIGINT) and status == 0:
         signal.signal(received[0], signal.SIG_DFL)
         os.kill(os.getpid(), received[0])  # as uvicorn does: the exit status says which signal stopped it

@@ -150,7 +150,7 @@ def dockerfile_uid() -> int:
 
 def docker_test_image() -> str:
     match = re.search(r'^IMAGE="\$\{DIGITS_IMAGE:-([^}]+)\}"', DOCKER_TEST.read_text(), flags=re.MULTILINE)
-    assert match, 'docker-test.sh no longer sets IMAGE="${DIGITS_IMAGE:-...}"'
+    assert match, 'docker-test.sh does not set IMAGE="${DIGITS_IMAGE:-...}"'
     return match.group(1)
 
 
