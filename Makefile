@@ -12,8 +12,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-$(BIN)/.installed-dev: $(BIN)/.installed pyproject.toml
+# The client is its own distribution (client/); the tests drive the server through it.
+$(BIN)/.installed-dev: $(BIN)/.installed pyproject.toml client/pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e ./client
 	touch $@
 
 serve: $(BIN)/.installed
@@ -24,7 +26,7 @@ lint: $(BIN)/.installed-dev
 	$(BIN)/ruff format --check .
 
 typecheck: $(BIN)/.installed-dev
-	$(BIN)/mypy models service bench tests
+	$(BIN)/mypy models service bench tests client/digits_client
 
 # The browser test drives Debian's chromium; as root on Debian it is installed here.
 CHROMIUM ?= /usr/bin/chromium

@@ -5,33 +5,41 @@ they compare with what a plain /predict call answers for the same image, and che
 structure, order, counts and errors.
 """
 
+import asyncio
+import functools
 import io
 import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-import service.client as client_module
-from service import schemas
-from service.client import (
+import digits_client.cli
+import digits_client.client
+from digits_client import (
     AsyncClient,
     Client,
     DigitsConnectionError,
     DigitsError,
     DigitsHTTPError,
     DigitsInputError,
+    DigitsTimeoutError,
     ImageInput,
-    main,
+    ModelInfoResponse,
+    Prediction,
+    PredictResponse,
 )
+from digits_client._retry import RetryPolicy
+from digits_client.cli import main
+from digits_client.errors import parse_retry_after
+from digits_client.images import gray_png
 from tests.conftest import ROOT, LiveServer, free_port, png_bytes, start_server, stop_server, stroke_digit_one
 
 MODELS = {"inception", "resnet", "ensemble"}
@@ -75,7 +83,7 @@ def direct(server: LiveServer, *images: np.ndarray, **params: str) -> dict[str, 
     return response.json()
 
 
-def assert_same(prediction: schemas.Prediction, expected: dict[str, Any]) -> None:
+def assert_same(prediction: Prediction, expected: dict[str, Any]) -> None:
     assert prediction.label == expected["label"]
     # the dynamic batcher may group the images differently, which moves the last float bits
     assert prediction.probabilities == pytest.approx(expected["probabilities"], abs=1e-4)
@@ -112,9 +120,9 @@ def test_each_input_kind_gives_the_direct_answer(client: Client, live_server: Li
     }
     for kind, item in kinds.items():
         response = client.predict(item)
-        assert type(response) is schemas.PredictResponse, kind  # the shared contract, not a copy
+        assert type(response) is PredictResponse, kind
         assert len(response.predictions) == 1, kind
-        assert type(response.predictions[0]) is schemas.Prediction
+        assert type(response.predictions[0]) is Prediction
         assert_same(response.predictions[0], expected)
     opened.close()
 
@@ -201,7 +209,7 @@ def test_an_unknown_model_raises_404(client: Client) -> None:
 def test_probes(client: Client) -> None:
     assert client.ready() is True
     assert client.healthy() is True
-    assert type(client.model_info()) is schemas.ModelInfoResponse
+    assert type(client.model_info()) is ModelInfoResponse
 
 
 def test_an_unreachable_server(tmp_path: Path) -> None:
@@ -261,16 +269,16 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     async def async_sleep(seconds: float) -> None:
         waited.append(seconds)
 
-    monkeypatch.setattr(anyio, "sleep", async_sleep)
+    monkeypatch.setattr(digits_client.client, "_async_sleep", async_sleep)
     return waited
 
 
 def test_503_is_retried_honouring_retry_after(sleeps: list[float]) -> None:
     script = Script(busy("0"), busy("2"), httpx.Response(200, json=OK_BODY))
-    with Client(transport=httpx.MockTransport(script), api_key="k") as c:
+    with Client(transport=httpx.MockTransport(script), api_key="k", jitter=0) as c:
         response = c.predict(one(), model="resnet")
     assert len(script.requests) == 3
-    assert sleeps == [0.0, 2.0]
+    assert sleeps == [2.0]  # Retry-After: 0 means at once
     assert response.model == "resnet" and response.predictions[0].label == 3
     request = script.requests[-1]
     assert request.url.path == "/predict" and request.url.params["model"] == "resnet"
@@ -280,7 +288,7 @@ def test_503_is_retried_honouring_retry_after(sleeps: list[float]) -> None:
 
 def test_without_retry_after_the_backoff_doubles(sleeps: list[float]) -> None:
     script = Script(busy(None), busy("soon"), busy(None), httpx.Response(200, json=OK_BODY))
-    with Client(transport=httpx.MockTransport(script), backoff=0.25) as c:
+    with Client(transport=httpx.MockTransport(script), backoff=0.25, jitter=0) as c:
         c.predict(one())
     assert sleeps == [0.25, 0.5, 1.0]
 
@@ -311,30 +319,73 @@ def test_a_non_json_error_body_is_kept() -> None:
 
 def test_connection_errors_are_retried(sleeps: list[float]) -> None:
     script = Script(httpx.ConnectError("refused"), httpx.RemoteProtocolError("closed"), httpx.Response(200, json=OK_BODY))
-    with Client(transport=httpx.MockTransport(script), backoff=0.1) as c:
+    with Client(transport=httpx.MockTransport(script), backoff=0.1, jitter=0) as c:
         assert len(c.predict(one()).predictions) == 1
     assert len(script.requests) == 3 and sleeps == [0.1, 0.2]
 
 
 def test_read_timeouts_are_not_retried(sleeps: list[float]) -> None:
     script = Script(httpx.ReadTimeout("slow"))
-    with Client(transport=httpx.MockTransport(script)) as c, pytest.raises(client_module.DigitsTimeoutError):
+    with Client(transport=httpx.MockTransport(script)) as c, pytest.raises(DigitsTimeoutError):
         c.predict(one())
     assert len(script.requests) == 1
 
 
 def test_retry_after_as_an_http_date() -> None:
-    assert client_module._retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
-    assert client_module._retry_after("3") == 3.0
-    assert client_module._retry_after("nonsense") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("nonsense") is None
+    assert parse_retry_after(None) is None
+
+
+def test_jitter_stretches_the_wait_but_never_below_retry_after() -> None:
+    def policy(draw: float) -> RetryPolicy:
+        return RetryPolicy(retries=5, backoff=1.0, jitter=0.5, max_delay=10.0, random=lambda: draw)
+
+    assert [policy(0.0).delay(n, busy(None)) for n in range(4)] == [1.0, 2.0, 4.0, 8.0]
+    assert [policy(0.999).delay(n, busy(None)) for n in range(4)] == pytest.approx([1.4995, 2.999, 5.998, 10.0])  # capped
+    assert policy(0.0).delay(0, busy("3")) == 3.0
+    assert policy(0.5).delay(0, busy("3")) == 3.75
+    assert policy(0.5).delay(0, busy("60")) == 10.0
+    assert policy(0.5).delay(5, busy("0")) is None  # the attempts are spent
+    assert policy(0.5).delay(0, httpx.Response(500)) is None
+    assert policy(0.5).delay(0, httpx.ReadTimeout("slow")) is None
+    assert policy(0.0).delay(1, httpx.ConnectError("refused")) == 2.0
+    with pytest.raises(ValueError, match="retries"):
+        RetryPolicy(retries=-1)
+
+
+def test_one_retry_loop_drives_both_clients(sleeps: list[float]) -> None:
+    """The sync and async clients wait the same waits and raise the same error from the same answers."""
+
+    def answers() -> httpx.MockTransport:
+        return httpx.MockTransport(Script(httpx.ConnectError("refused"), busy(None), busy("1"), busy(None)))
+
+    def sync() -> DigitsHTTPError:
+        with Client(transport=answers(), retries=3, backoff=0.5, jitter=0) as c, pytest.raises(DigitsHTTPError) as caught:
+            c.model_info()
+        return caught.value
+
+    async def asynchronous() -> DigitsHTTPError:
+        async with AsyncClient(transport=answers(), retries=3, backoff=0.5, jitter=0) as c:
+            with pytest.raises(DigitsHTTPError) as caught:
+                await c.model_info()
+        return caught.value
+
+    sync_error = sync()
+    sync_sleeps = list(sleeps)
+    sleeps.clear()
+    async_error = asyncio.run(asynchronous())
+    assert sync_sleeps == sleeps == [0.5, 1.0, 1.0]
+    assert str(sync_error) == str(async_error) == "503: the models are still warming up"
 
 
 async def test_async_client_retries(sleeps: list[float]) -> None:
     script = Script(busy("0"), busy("1"), httpx.Response(200, json=OK_BODY))
-    async with AsyncClient(transport=httpx.MockTransport(script)) as c:
+    async with AsyncClient(transport=httpx.MockTransport(script), jitter=0) as c:
         response = await c.predict([one()])
-    assert len(script.requests) == 3 and sleeps == [0.0, 1.0]
-    assert type(response) is schemas.PredictResponse
+    assert len(script.requests) == 3 and sleeps == [1.0]
+    assert type(response) is PredictResponse
 
 
 # Async client against the server -----------------------------------------------------
@@ -346,7 +397,7 @@ async def test_async_client(live_server: LiveServer, tmp_path: Path) -> None:
     async with AsyncClient(live_server.url) as c:
         assert await c.ready() and await c.healthy()
         info = await c.model_info()
-        assert type(info) is schemas.ModelInfoResponse and {m.name for m in info.models} == MODELS
+        assert type(info) is ModelInfoResponse and {m.name for m in info.models} == MODELS
         response = await c.predict([path, ring()], model="inception", include_input=True)
         assert response.model == "inception" and all(p.input is not None for p in response.predictions)
         response = await c.predict([Image.open(path), ring() / 255.0])
@@ -383,12 +434,13 @@ def test_cli_predict_table(live_server: LiveServer, folder: Path, tmp_path: Path
     single = write(tmp_path / "one.png", one())
     assert main(["predict", str(single), str(folder), "--url", live_server.url]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["file", "digit", "confidence"]
+    assert out[0].split() in (["file", "digit", "confidence"], ["file", "digit", "confidence", "digit?"])  # digit? where the server judges
     names = [str(single), *(str(folder / n) for n in ["a.PNG", "b.png", "c.png", "d.png", "e.png", "f.jpg"])]
     assert [line.split()[0] for line in out[1:]] == names
     expected = direct(live_server, one(), bar(), ring(), cross(), one(), ring())["predictions"]
     for line, reference in zip(out[1:], expected, strict=False):  # f.jpg is lossy: checked for shape only
-        _, digit, confidence = line.split()
+        _, digit, confidence, *judged = line.split()
+        assert judged in ([], ["yes"], ["no"])
         assert int(digit) == reference["label"]
         assert float(confidence.rstrip("%")) == pytest.approx(100 * max(reference["probabilities"]), abs=0.11)
     assert out[-1].split()[1].isdigit() and out[-1].endswith("%")
@@ -461,14 +513,17 @@ def test_cli_info(live_server: LiveServer, capsys: pytest.CaptureFixture[str], m
 
     monkeypatch.setenv("DIGITS_URL", live_server.url)  # the default --url
     assert main(["info", "--json"]) == 0
-    parsed = schemas.ModelInfoResponse.model_validate_json(capsys.readouterr().out)
-    assert {m.name for m in parsed.models} == MODELS
+    printed = json.loads(capsys.readouterr().out)
+    said = httpx.get(live_server.url + "/model-info").json()
+    assert printed.keys() == said.keys() and printed["models"][0].keys() == said["models"][0].keys()  # unknown fields kept too
+    assert printed["models"][0]["weights"] == said["models"][0]["weights"]
+    assert {m.name for m in ModelInfoResponse.model_validate(printed).models} == MODELS
 
 
 def test_module_entry_point_and_no_torch(live_server: LiveServer, tmp_path: Path) -> None:
     path = write(tmp_path / "one.png", one())
     run = subprocess.run(
-        [sys.executable, "-m", "service.client", "predict", str(path), "--url", live_server.url, "--json"],
+        [sys.executable, "-m", "digits_client", "predict", str(path), "--url", live_server.url, "--json"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -476,7 +531,85 @@ def test_module_entry_point_and_no_torch(live_server: LiveServer, tmp_path: Path
     )
     assert run.returncode == 0, run.stderr
     assert len(json.loads(run.stdout)["predictions"]) == 1
-    code = "import sys, service.client; print(sorted({'torch', 'numpy', 'PIL'} & set(sys.modules)))"
+    code = "import sys, digits_client, digits_client.cli; print(sorted({'torch', 'fastapi', 'service', 'numpy', 'PIL'} & set(sys.modules)))"
     light = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert light.returncode == 0, light.stderr
-    assert light.stdout.strip() == "[]"  # importing the client stays light: no torch, and numpy/Pillow only when used
+    assert light.stdout.strip() == "[]"  # the client stands alone: no torch, no server, and numpy/Pillow only when the caller has them
+
+
+# The digit? column and JSON fields (offline: the server answers through MockTransport) ---
+
+
+def answer_with(monkeypatch: pytest.MonkeyPatch, predictions: list[dict[str, Any]]) -> None:
+    """Make the CLI's client talk to a fake server that answers every /predict with ``predictions``."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"model": "ensemble", "predictions": predictions})
+
+    client: Callable[..., Client] = functools.partial(Client, transport=httpx.MockTransport(handler))
+    monkeypatch.setattr(digits_client.cli, "Client", client)
+
+
+def prediction(label: int, **extra: object) -> dict[str, Any]:
+    probabilities = [0.01] * 10
+    probabilities[label] = 0.91
+    return {"label": label, "confidence": 0.91, "probabilities": probabilities, **extra}
+
+
+def test_cli_shows_whether_each_image_is_a_digit(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = [str(write(tmp_path / name, one())) for name in ("a.png", "b.png")]
+    answer_with(monkeypatch, [prediction(1, is_digit=True, digit_score=0.97), prediction(4, is_digit=False, digit_score=0.08)])
+    assert main(["predict", *files]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in lines] == [
+        ["file", "digit", "confidence", "digit?"],
+        [files[0], "1", "91.0%", "yes"],
+        [files[1], "4", "91.0%", "no"],
+    ]
+    assert main(["predict", *files, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)["predictions"]
+    assert [(p["is_digit"], p["digit_score"]) for p in printed] == [(True, 0.97), (False, 0.08)]
+
+
+def test_cli_without_digit_judgement_from_the_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(write(tmp_path / "a.png", one()))
+    answer_with(monkeypatch, [prediction(1)])
+    assert main(["predict", path]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split() == ["file", "digit", "confidence"]
+    assert main(["predict", path, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)["predictions"][0]
+    assert "is_digit" not in printed and "digit_score" not in printed
+    with Client(transport=httpx.MockTransport(lambda _: httpx.Response(200, json={"model": "m", "predictions": [prediction(2)]}))) as c:
+        answer = c.predict(one()).predictions[0]
+    assert answer.is_digit is None and answer.digit_score is None
+
+
+def test_arrays_are_encoded_without_pillow() -> None:
+    image = bar()
+    encoded = gray_png(image.tobytes(), 28, 28)
+    with Image.open(io.BytesIO(encoded)) as decoded:
+        assert decoded.mode == "L" and decoded.size == (28, 28)
+        assert np.array_equal(np.asarray(decoded), image)
+    with pytest.raises(ValueError, match="bytes"):
+        gray_png(b"\x00" * 5, 2, 2)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_line_only_on_a_terminal() -> None:
+    terminal = Terminal()
+    with digits_client.cli._progress(5, terminal, wanted=True) as advance:
+        advance(2)
+        advance(3)
+    assert terminal.getvalue() == "\rpredicted 2/5 images (40%)\rpredicted 5/5 images (100%)\r\x1b[K"
+    for stream, wanted in ((Terminal(), False), (io.StringIO(), True)):
+        with digits_client.cli._progress(5, stream, wanted=wanted) as advance:
+            advance(5)
+        assert stream.getvalue() == ""
