@@ -1,7 +1,7 @@
 """A prediction's life for a digit classifier, the same for every protocol:
 
 decode (files -> N x 1 x 28 x 28) -> batch and predict (the inference backend) -> classify
-(probabilities -> labels, confidences) -> encode (the protocol's response). ``/predict``
+(probabilities -> labels, confidences, is it a digit) -> encode (the protocol's response). ``/predict``
 and the Open Inference Protocol are thin adapters: each reads its own body and writes its
 own response around ``model``, ``predict`` and, for image files, ``decode``.
 """
@@ -9,10 +9,12 @@ own response around ``model``, ``predict`` and, for image files, ``decode``.
 import asyncio
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import anyio.to_thread
 import numpy as np
+from models.outliers import digit_score
 
 from models.spec import SERVED_MODELS
 from service.config import Settings
@@ -22,7 +24,7 @@ from service.preprocess import decode_image, describe, to_mnist
 from service.schemas import Prediction, PredictResponse
 from service.uploads import RawImage
 
-__all__ = ["Classification", "DigitClassifier", "decode_files", "encode_predictions"]
+__all__ = ["Classification", "DigitClassifier", "DigitRule", "decode_files", "encode_predictions"]
 
 # Up to this many bytes of images are decoded on the event loop (a 28x28 PNG takes tens of
 # microseconds, less than a thread hand-off); more go to a thread so that one large upload
@@ -31,17 +33,34 @@ INLINE_DECODE_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
+class DigitRule:
+    """How a model decides "is this a digit at all": a score of its probabilities against a
+    threshold fitted on validation data (``models.outliers``; the method is in the weights' metadata)."""
+
+    score: str
+    threshold: float
+
+    @classmethod
+    def of(cls, card: dict[str, Any]) -> "DigitRule":
+        return cls(card["is_digit"]["score"], float(card["is_digit"]["threshold"]))
+
+
+@dataclass(frozen=True)
 class Classification:
-    """N answers: calibrated probabilities (N x 10), the most probable digit and its probability."""
+    """N answers: calibrated probabilities (N x 10), the most probable digit and its probability,
+    the digit score in [0, 1] and whether it reaches the model's threshold."""
 
     probabilities: np.ndarray
     labels: np.ndarray
     confidence: np.ndarray
+    digit_score: np.ndarray
+    is_digit: np.ndarray
 
     @classmethod
-    def of(cls, probabilities: np.ndarray) -> "Classification":
+    def of(cls, probabilities: np.ndarray, rule: DigitRule) -> "Classification":
         labels = probabilities.argmax(axis=1)
-        return cls(probabilities, labels, probabilities[np.arange(len(labels)), labels])
+        score = digit_score(probabilities, rule.score)
+        return cls(probabilities, labels, probabilities[np.arange(len(labels)), labels], score, score >= rule.threshold)
 
 
 def decode_files(images: list[RawImage], max_pixels: int) -> np.ndarray:
@@ -60,9 +79,15 @@ def encode_predictions(model: str, result: Classification, inputs: np.ndarray | 
     return PredictResponse(
         model=model,
         predictions=[
-            Prediction(label=label, confidence=confidence, probabilities=row, input=image)
-            for label, confidence, row, image in zip(
-                result.labels.tolist(), result.confidence.tolist(), result.probabilities.tolist(), seen, strict=True
+            Prediction(label=label, confidence=confidence, probabilities=row, is_digit=digit, digit_score=score, input=image)
+            for label, confidence, row, digit, score, image in zip(
+                result.labels.tolist(),
+                result.confidence.tolist(),
+                result.probabilities.tolist(),
+                result.is_digit.tolist(),
+                result.digit_score.tolist(),
+                seen,
+                strict=True,
             )
         ],
     )
@@ -74,6 +99,7 @@ class DigitClassifier:
         self.settings = settings
         # Decoding a large image needs memory; one decode per core bounds both memory and CPU.
         self.decode_limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
+        self._rules: dict[str, DigitRule] = {}
 
     def model(self, name: str | None) -> str:
         """The served model a request names (the default when none): the one unknown-model check."""
@@ -93,4 +119,10 @@ class DigitClassifier:
                 probabilities = await self.backend.predict(model, images)
         except TimeoutError:
             raise Overloaded(f"inference on {model!r} did not finish within {self.settings.request_timeout_s} s") from None
-        return Classification.of(probabilities)
+        return Classification.of(probabilities, await self.digit_rule(model))
+
+    async def digit_rule(self, model: str) -> DigitRule:
+        """From the backend's model cards, asked once: the metadata beside the weights holds it."""
+        if not self._rules:
+            self._rules = {card["name"]: DigitRule.of(card) for card in (await self.backend.describe())["models"]}
+        return self._rules[model]

@@ -39,6 +39,12 @@ class Prediction(BaseModel):
     label: int = Field(ge=0, le=9, description="the predicted digit")
     confidence: float = Field(ge=0, le=1, description="calibrated probability of the predicted digit")
     probabilities: list[float] = Field(min_length=10, max_length=10, description="calibrated probability of 0..9")
+    is_digit: bool = Field(
+        description="false when the image does not look like one handwritten digit; label and probabilities are still given"
+    )
+    digit_score: float = Field(
+        ge=0, le=1, description="how digit-like the image is; is_digit is digit_score >= the model's threshold (/model-info)"
+    )
     input: list[list[float]] | None = Field(
         None, description="the 28x28 image the model saw (0 = background, 1 = ink); only with ?include_input=true"
     )
@@ -168,7 +174,7 @@ class V2OutputTensor(BaseModel):
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] | None = Field(None, description="binary_data_size when the tensor follows the JSON header")
-    data: list[float] | list[int] | None = None
+    data: list[float] | list[int] | list[bool] | None = None
 
 
 class V2InferenceResponse(BaseModel):

@@ -194,6 +194,30 @@ def test_drawn_one_is_read_as_one(page: Page) -> None:
     card = page.locator('#results [data-model="ensemble"]')
     expect(card.locator(".digit")).to_have_text("1")
     assert card.get_attribute("data-label") == "1"
+    assert card.get_attribute("data-digit-like") == "yes"
+
+
+def draw_grid(page: Page) -> None:
+    """A noughts-and-crosses grid: four long strokes, no digit."""
+    box = page.locator("#canvas").bounding_box()
+    assert box is not None
+    for start, end in (((0.35, 0.1), (0.35, 0.9)), ((0.65, 0.1), (0.65, 0.9)), ((0.1, 0.35), (0.9, 0.35)), ((0.1, 0.65), (0.9, 0.65))):
+        page.mouse.move(box["x"] + box["width"] * start[0], box["y"] + box["height"] * start[1])
+        page.mouse.down()
+        for step in range(1, 13):
+            x = start[0] + (end[0] - start[0]) * step / 12
+            y = start[1] + (end[1] - start[1]) * step / 12
+            page.mouse.move(box["x"] + box["width"] * x, box["y"] + box["height"] * y)
+        page.mouse.up()
+
+
+def test_a_drawing_that_is_no_digit_is_called_so(page: Page) -> None:
+    draw_grid(page)
+    wait_for_predictions(page)
+    card = page.locator('#results [data-model="ensemble"]')
+    expect(card).to_have_attribute("data-digit-like", "no")
+    expect(card.locator(".confidence")).to_have_text("does not look like a digit")
+    expect(page.locator("#status")).to_contain_text("does not look like a handwritten digit")
 
 
 def test_drop_zone_predicts_dropped_images(page: Page, tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ Input: one tensor, FP32 intensities in [0, 1] or UINT8 0-255, shape [N, 1, 28, 2
 [N, 28, 28], white digit on black, already 28x28 (the server normalises), as JSON
 ``data`` or as binary data after the JSON header (``Inference-Header-Content-Length``,
 the tensor's ``binary_data_size``), as Triton's clients send it by default. Output:
-``probabilities`` FP32 [N, 10] and ``label`` INT64 [N], as JSON or binary on request
+``probabilities`` FP32 [N, 10], ``label`` INT64 [N] and ``is_digit`` BOOL [N] (false when
+the image does not look like one handwritten digit), as JSON or binary on request
 (``binary_data`` per output, ``binary_data_output`` for all). Errors are ``{"error": ...}``.
 """
 
@@ -38,10 +39,10 @@ from service.schemas import (
 __all__ = ["read_infer_request", "router", "to_images"]
 
 MODEL_VERSION = "1"
-OUTPUTS = ("probabilities", "label")
+OUTPUTS = ("probabilities", "label", "is_digit")
 INFER_SCHEMA = "#/components/schemas/V2InferenceRequest"
 HEADER_LENGTH = "inference-header-content-length"
-DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1"), "INT64": np.dtype("<i8")}
+DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1"), "INT64": np.dtype("<i8"), "BOOL": np.dtype("?")}
 
 router = APIRouter(
     prefix="/v2", tags=["open inference protocol (v2)"], responses={code: {"model": V2Error} for code in (400, 404, 413, 503)}
@@ -124,7 +125,7 @@ def requested_outputs(body: V2InferenceRequest) -> dict[str, dict[str, Any]]:
 def encode_outputs(body: V2InferenceRequest, requested: dict[str, dict[str, Any]], model: str, result: Classification) -> Response:
     """The requested outputs, each as JSON data or, when asked for, binary data after the JSON header."""
     all_binary = bool((body.parameters or {}).get("binary_data_output", False))
-    tensors = {"probabilities": ("FP32", result.probabilities), "label": ("INT64", result.labels)}
+    tensors = {"probabilities": ("FP32", result.probabilities), "label": ("INT64", result.labels), "is_digit": ("BOOL", result.is_digit)}
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name, parameters in requested.items():
@@ -186,6 +187,7 @@ def _add_model_routes(path: str, model: Callable[..., Any]) -> None:
             outputs=[
                 V2TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, 10]),
                 V2TensorMetadata(name="label", datatype="INT64", shape=[-1]),
+                V2TensorMetadata(name="is_digit", datatype="BOOL", shape=[-1]),
             ],
         )
 
