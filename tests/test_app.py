@@ -10,7 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import png_bytes, serving, stroke_digit_one
+from models.data import Digits
+from models.nondigits import EVALUATION_SEED, render_nondigit
+from tests.conftest import encode_image, png_bytes, serving, stroke_digit_one
 
 ONE = png_bytes(stroke_digit_one())
 
@@ -145,3 +147,24 @@ async def test_startup_freezes_long_lived_objects_out_of_the_cyclic_gc() -> None
     async with serving() as http:
         assert gc.get_freeze_count() > 100_000
         assert (await http.get("/readyz")).status_code == 200
+
+
+async def test_every_prediction_says_whether_it_looks_like_a_digit(client: httpx.AsyncClient, mnist_test: Digits) -> None:
+    """Real MNIST test digits are digits; synthetic non-digits (the evaluation seed, never fitted on) are not."""
+    rng = np.random.default_rng(EVALUATION_SEED)
+    non_digits = [encode_image(render_nondigit(rng)) for _ in range(60)]
+    digits = [png_bytes(image) for image in mnist_test.images[:200].numpy()]
+    answers = {}
+    for name, images in (("digits", digits), ("non_digits", non_digits)):
+        files = [("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+        response = await client.post("/predict", files=files)
+        assert response.status_code == 200, response.text
+        answers[name] = response.json()["predictions"]
+    for prediction in answers["digits"] + answers["non_digits"]:
+        assert 0 <= prediction["digit_score"] <= 1
+    info = {m["name"]: m for m in (await client.get("/model-info")).json()["models"]}["ensemble"]
+    threshold = info["is_digit"]["threshold"]
+    for prediction in answers["digits"] + answers["non_digits"]:
+        assert prediction["is_digit"] == (prediction["digit_score"] >= threshold)
+    assert sum(p["is_digit"] for p in answers["digits"]) >= 0.98 * len(digits)
+    assert sum(not p["is_digit"] for p in answers["non_digits"]) >= 0.85 * len(non_digits)

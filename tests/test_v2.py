@@ -19,7 +19,7 @@ async def test_health_and_metadata(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v2")).json()["name"] == "digits"
     meta = (await client.get("/v2/models/resnet")).json()
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
-    assert {o["name"]: o["shape"] for o in meta["outputs"]} == {"probabilities": [-1, 10], "label": [-1]}
+    assert {o["name"]: o["shape"] for o in meta["outputs"]} == {"probabilities": [-1, 10], "label": [-1], "is_digit": [-1]}
     assert (await client.get("/v2/models/ensemble/ready")).json() == {"name": "ensemble", "ready": True}
 
 
@@ -38,6 +38,7 @@ async def test_infer_fp32_flat_and_uint8_nested_agree(client: httpx.AsyncClient,
     assert outputs["label"] == {"name": "label", "shape": [2], "datatype": "INT64", "data": outputs["label"]["data"]}
     probabilities = np.array(outputs["probabilities"]["data"]).reshape(2, 10)
     assert list(probabilities.argmax(1)) == outputs["label"]["data"]
+    assert outputs["is_digit"]["datatype"] == "BOOL" and all(isinstance(v, bool) for v in outputs["is_digit"]["data"])
     np.testing.assert_allclose(probabilities, np.array(second["outputs"][0]["data"]).reshape(2, 10), atol=1e-5)
 
 

@@ -209,10 +209,11 @@ def test_tritonclient_with_its_defaults_sends_and_receives_binary_tensors(client
     reference = client.infer("ensemble", [json_input(batch, datatype)], outputs=json_outputs("probabilities", "label"))
     result = client.infer("ensemble", [binary_input(batch, datatype)])  # no outputs named: all come back binary
     outputs = result.get_response()["outputs"]
-    assert {o["name"]: o["parameters"]["binary_data_size"] for o in outputs} == {"probabilities": 3 * 10 * 4, "label": 3 * 8}
+    assert {o["name"]: o["parameters"]["binary_data_size"] for o in outputs} == {"probabilities": 3 * 10 * 4, "label": 3 * 8, "is_digit": 3}
     np.testing.assert_allclose(result.as_numpy("probabilities"), reference.as_numpy("probabilities"), atol=1e-6)
     np.testing.assert_array_equal(result.as_numpy("label"), reference.as_numpy("label"))
     assert result.as_numpy("label").dtype == np.int64
+    assert result.as_numpy("is_digit").dtype == np.bool_ and result.as_numpy("is_digit").shape == (3,)
 
 
 def test_binary_and_json_outputs_mix_as_requested(client: triton.InferenceServerClient) -> None:
