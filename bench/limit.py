@@ -1,17 +1,18 @@
 """The models' own limit: forward passes in this process, no HTTP, no decoding, no batching logic.
 
-Models are loaded by ``service.loader`` and run by ``ServedModel.forward``, the code the
-server's inference thread runs, on the device the server would pick, with as many torch
-threads as the server would use (``ServedModel`` sets them for each pass).
+Models are loaded by ``service.inference.loader`` and run by ``ServedModel.forward`` (numpy
+in, numpy out), the code the inference thread runs for each pass, on the device the server
+would pick, with as many torch threads as the server would use (``ServedModel`` sets them
+for each pass).
 """
 
 import statistics
 import time
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
-from service.loader import ServedModel
+from service.inference.loader import ServedModel
 
 __all__ = ["BATCH_SIZES", "Limit", "measure_limits"]
 
@@ -29,7 +30,7 @@ class Limit:
     iterations: int
 
 
-def _measure(model: ServedModel, images: torch.Tensor, warmup_s: float, measure_s: float) -> Limit:
+def _measure(model: ServedModel, images: np.ndarray, warmup_s: float, measure_s: float) -> Limit:
     deadline = time.perf_counter() + warmup_s
     warm = 0
     while warm < 5 or time.perf_counter() < deadline:  # the first passes build oneDNN kernels and wake threads
@@ -54,13 +55,13 @@ def _measure(model: ServedModel, images: torch.Tensor, warmup_s: float, measure_
 
 def measure_limits(
     models: list[ServedModel],
-    images: torch.Tensor,
+    images: np.ndarray,
     *,
     batch_sizes: tuple[int, ...] = BATCH_SIZES,
     warmup_s: float = 0.2,
     measure_s: float = 0.5,
 ) -> list[Limit]:
-    """Images per second of each model at each batch size; ``images`` is N x 1 x 28 x 28 in [0, 1], N >= max batch size."""
+    """Images per second of each model at each batch size; ``images`` is N x 1 x 28 x 28 float32 in [0, 1], N >= max batch size."""
     if len(images) < max(batch_sizes):
         raise ValueError(f"need at least {max(batch_sizes)} images, got {len(images)}")
-    return [_measure(model, images[:size].contiguous(), warmup_s, measure_s) for model in models for size in batch_sizes]
+    return [_measure(model, np.ascontiguousarray(images[:size]), warmup_s, measure_s) for model in models for size in batch_sizes]

@@ -1,20 +1,22 @@
 """``python -m bench.peer``: this service against LitServe serving the same weights.
 
-Issue 5 says the service will be compared with another well-known Python model server on
-the same machine and load. This runs that comparison with LitServe:
-
     pip install -e '.[dev]'                   # LitServe is in the dev extra, not a dependency
-    python -m bench.peer                      # inception and ensemble at concurrency 1, 8, 32, 64
+    python -m bench.peer                      # inception and ensemble at concurrency 1, 32, 64
+    python -m bench.peer --workers 2          # ours with 2 HTTP workers, LitServe with 2 API servers
     python -m bench.peer --models resnet --concurrency 1 32 --duration 5
 
 Only the server around the model differs. The LitServe side
 (``python -m bench.peer --serve-litserve MODEL``, started by this script) is a ``LitAPI``
 whose steps call this service's own code: the same checkpoints and calibration
-(``service.loader``), the same decoding and preprocessing (``service.preprocess``), the
-same torch thread count, and LitServe's dynamic batching with the same maximum batch size.
-Both servers get the same requests from the same load generator (``bench.load``): JSON
-``{"images": [base64 PNG]}``, one MNIST test image per request (LitServe batches requests,
-not images). Results go to ``<results-dir>/peer-<name>.json`` and a table on stdout.
+(``service.inference.loader``), the same decoding and preprocessing (``service.preprocess``),
+the same torch thread count, and LitServe's dynamic batching with the same maximum batch
+size. ``--workers N`` runs ours with N HTTP worker processes (``DIGITS_WORKERS``) and
+LitServe with as many API-server processes (``--litserve-api-servers``), each in front of
+one inference worker. Both servers get the same requests from the same load generator
+(``bench.load``): JSON ``{"images": [base64 PNG]}``, one MNIST test image per request
+(LitServe batches requests, not images). Each server runs in its own process group, ended
+as a whole (``bench.server``). Results go to ``<results-dir>/peer-<name>.json`` and a
+table on stdout, with the target: our images/s at concurrency 32 at least 2.5x LitServe's.
 """
 
 import argparse
@@ -31,14 +33,16 @@ from typing import Any
 
 import httpx
 import litserve as ls
+import numpy as np
 import torch
 
 from bench.load import Job, LoadGenerator, write_payloads
+from bench.report import PEER_CONCURRENCY, PEER_MIN_RATIO
 from bench.run import encode_pngs
 from bench.server import ServerProcess
 from models.data import load_mnist
 from service.config import Settings
-from service.loader import ServedModel, load_models
+from service.inference.loader import ServedModel, load_models
 from service.preprocess import decode_image, to_mnist
 
 __all__ = ["main"]
@@ -52,7 +56,7 @@ class DigitsAPI(ls.LitAPI):  # type: ignore[misc]
     def __init__(self, model_name: str, settings: Settings, batch_timeout_s: float) -> None:
         # batch_timeout 0 would match this service's "dispatch when the model is free", but
         # LitServe's worker then polls its queue without blocking and keeps a core busy.
-        super().__init__(max_batch_size=settings.max_batch_size, batch_timeout=batch_timeout_s)
+        super().__init__(max_batch_size=settings.batch_limit("cpu"), batch_timeout=batch_timeout_s)
         self.model_name = model_name
         self.settings = settings
 
@@ -60,30 +64,39 @@ class DigitsAPI(ls.LitAPI):  # type: ignore[misc]
         models = load_models(self.settings.weights_dir, torch.device("cpu"), self.settings.inference_threads())
         self.model: ServedModel = models[self.model_name]
 
-    def decode_request(self, request: dict[str, Any]) -> torch.Tensor:
+    def decode_request(self, request: dict[str, Any]) -> np.ndarray:
         (text,) = request["images"]
         image = decode_image(base64.b64decode(text), max_pixels=self.settings.max_image_pixels)
-        return torch.from_numpy(to_mnist(image)).unsqueeze(0)  # 1 x 28 x 28
+        return to_mnist(image)[None]  # 1 x 28 x 28 float32
 
-    def batch(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        return torch.stack(inputs)
+    def batch(self, inputs: list[np.ndarray]) -> np.ndarray:
+        return np.stack(inputs)  # N x 1 x 28 x 28
 
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
+    def predict(self, images: np.ndarray) -> np.ndarray:
         return self.model.forward(images)
 
-    def unbatch(self, output: torch.Tensor) -> list[torch.Tensor]:
+    def unbatch(self, output: np.ndarray) -> list[np.ndarray]:
         return list(output)
 
-    def encode_response(self, probabilities: torch.Tensor) -> dict[str, Any]:
+    def encode_response(self, probabilities: np.ndarray) -> dict[str, Any]:
         row: list[float] = probabilities.tolist()
         label = max(range(len(row)), key=row.__getitem__)
         return {"label": label, "confidence": row[label], "probabilities": row}
 
 
-def serve_litserve(model_name: str, batch_timeout_s: float) -> None:
-    """The LitServe server on $HOST:$PORT (set by ``bench.server``): blocks until terminated."""
-    server = ls.LitServer(DigitsAPI(model_name, Settings(), batch_timeout_s), accelerator="cpu", workers_per_device=1)
-    server.run(host=os.environ["HOST"], port=int(os.environ["PORT"]), generate_client_file=False, log_level="warning")
+def serve_litserve(model_name: str, batch_timeout_s: float, api_servers: int, workers: int) -> None:
+    """The LitServe server on $HOST:$PORT (set by ``bench.server``): blocks until terminated.
+
+    Its torch threads are those of our server with ``workers`` HTTP workers."""
+    settings = Settings(workers=workers)
+    server = ls.LitServer(DigitsAPI(model_name, settings, batch_timeout_s), accelerator="cpu", workers_per_device=1)
+    server.run(
+        host=os.environ["HOST"],
+        port=int(os.environ["PORT"]),
+        num_api_servers=api_servers,
+        generate_client_file=False,
+        log_level="warning",
+    )
 
 
 def _probe(server: ServerProcess, path: str, png: bytes) -> list[float]:
@@ -116,16 +129,41 @@ def _run(loadgen: LoadGenerator, server: ServerProcess, path: str, concurrency: 
     return run
 
 
+def _targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model: our images/s over LitServe's at concurrency 32, against the target."""
+    targets = []
+    for ours in (r for r in runs if r["server"] == "ours" and r["concurrency"] == PEER_CONCURRENCY):
+        peer = next(
+            (r for r in runs if r["server"] == "litserve" and (r["model"], r["concurrency"]) == (ours["model"], PEER_CONCURRENCY)), None
+        )
+        if peer is None:
+            continue
+        ratio = ours["images_per_s"] / peer["images_per_s"] if peer["images_per_s"] else None
+        targets.append(
+            {
+                "name": f"{ours['model']}: c{PEER_CONCURRENCY} images/s, ours vs LitServe",
+                "value": ratio,
+                "comparison": ">=",
+                "threshold": PEER_MIN_RATIO,
+                "unit": "x",
+                "passed": ratio is not None and ratio >= PEER_MIN_RATIO,
+                "detail": f"{ours['images_per_s']:.0f} vs {peer['images_per_s']:.0f} images/s",
+            }
+        )
+    return targets
+
+
 def _table(runs: list[dict[str, Any]]) -> str:
     lines = [
-        "| model | concurrency | img/s: ours / LitServe | p50 ms: ours / LitServe | p99 ms: ours / LitServe |",
+        "| model | concurrency | img/s: ours / LitServe (ratio) | p50 ms: ours / LitServe | p99 ms: ours / LitServe |",
         "| --- | --- | --- | --- | --- |",
     ]
     for ours in (r for r in runs if r["server"] == "ours"):
         peer = next(r for r in runs if r["server"] == "litserve" and (r["model"], r["concurrency"]) == (ours["model"], ours["concurrency"]))
         a, b = ours["latency_ms"], peer["latency_ms"]
+        ratio = ours["images_per_s"] / peer["images_per_s"] if peer["images_per_s"] else float("nan")
         lines.append(
-            f"| {ours['model']} | {ours['concurrency']} | {ours['images_per_s']:,.0f} / {peer['images_per_s']:,.0f} "
+            f"| {ours['model']} | {ours['concurrency']} | {ours['images_per_s']:,.0f} / {peer['images_per_s']:,.0f} ({ratio:.2f}x) "
             f"| {a['p50']:.2f} / {b['p50']:.2f} | {a['p99']:.2f} / {b['p99']:.2f} |"
         )
     return "\n".join(lines)
@@ -135,7 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.peer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--serve-litserve", metavar="MODEL", help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--models", nargs="+", default=["inception", "ensemble"])
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 64])
+    parser.add_argument("--workers", type=int, default=1, help="our HTTP worker processes (DIGITS_WORKERS)")
+    parser.add_argument("--litserve-api-servers", type=int, default=None, help="LitServe's API-server processes (default: --workers)")
     parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each run")
     parser.add_argument("--litserve-batch-timeout", type=float, default=0.001, help="seconds LitServe waits to fill a batch")
@@ -144,28 +184,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--name", default=datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     args = parser.parse_args(argv)
+    api_servers = args.litserve_api_servers or args.workers
     if args.serve_litserve:
-        serve_litserve(args.serve_litserve, args.litserve_batch_timeout)
+        serve_litserve(args.serve_litserve, args.litserve_batch_timeout, api_servers, args.workers)
         return 0
 
     raw_dir = (args.results_dir / "raw" / f"peer-{args.name}").resolve()
     raw_dir.mkdir(parents=True, exist_ok=True)
-    pngs = encode_pngs(load_mnist(args.data_dir, train=False, download=False).images[:256])
+    pngs = encode_pngs(load_mnist(args.data_dir, train=False, download=False).images[:256].numpy())
     write_payloads(raw_dir / "payloads.json", pngs)
     loadgen = LoadGenerator(raw_dir / "payloads.json", raw_dir / "loadgen")
     runs: list[dict[str, Any]] = []
     servers: list[dict[str, Any]] = []
     probes: list[dict[str, Any]] = []  # the first test image's probabilities from each server
+    litserve_args = ("--litserve-batch-timeout", str(args.litserve_batch_timeout), "--litserve-api-servers", str(api_servers))
     for model in args.models:
         contenders = [
-            (ServerProcess("ours", {}, raw_dir, args.weights_dir), f"/predict?model={model}"),
+            (ServerProcess("ours", {"DIGITS_WORKERS": str(args.workers)}, raw_dir, args.weights_dir), f"/predict?model={model}"),
             (
                 ServerProcess(
                     "litserve",
                     {},
                     raw_dir,
                     args.weights_dir,
-                    module_args=("bench.peer", "--serve-litserve", model, "--litserve-batch-timeout", str(args.litserve_batch_timeout)),
+                    module_args=("bench.peer", "--serve-litserve", model, "--workers", str(args.workers), *litserve_args),
                     ready_path="/health",
                 ),
                 "/predict",
@@ -173,28 +215,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         for server, path in contenders:
             ready = server.start()
-            print(f"{model}: {server.label} ready in {ready:.2f} s on {server.url}", flush=True)
+            print(f"{model}: {server.label} ready in {ready:.2f} s on {server.url}, {len(server.tree())} processes", flush=True)
+            processes = len(server.tree())
             try:
                 probes.append({"model": model, "server": server.label, "probabilities": _probe(server, path, pngs[0])})
                 for concurrency in args.concurrency:
                     runs.append({"model": model, **_run(loadgen, server, path, concurrency, args)})
             finally:
                 server.stop()
-            servers.append({"model": model, "label": server.label, "ready_s": server.ready_s, "peak_rss_mb": server.peak_rss / 2**20})
+            servers.append(
+                {
+                    "model": model,
+                    "label": server.label,
+                    "processes": processes,
+                    "pids_seen": sorted(server.seen),
+                    "survivors": server.survivors(),  # processes of this server still running after stop(): none
+                    "ready_s": server.ready_s,
+                    "peak_rss_mb": server.peak_rss / 2**20,
+                }
+            )
 
+    targets = _targets(runs)
     results = {
         "name": args.name,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "argv": list(sys.argv[1:] if argv is None else argv),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
-        "litserve": {"version": ls.__version__, "batch_timeout_s": args.litserve_batch_timeout},
+        "ours": {"workers": args.workers},
+        "litserve": {"version": ls.__version__, "batch_timeout_s": args.litserve_batch_timeout, "api_servers": api_servers},
         "servers": servers,
         "probes": probes,
         "runs": runs,
+        "targets": targets,
     }
     out = args.results_dir / f"peer-{args.name}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(_table(runs))
+    for target in targets:
+        print(
+            f"  {'PASS' if target['passed'] else 'FAIL'}  {target['name']}: {target['value'] or float('nan'):.2f}x >= {PEER_MIN_RATIO:g}x"
+        )
     print(f"wrote {out}")
     return 0
 

@@ -1,11 +1,14 @@
-"""``python -m bench``: how close the served throughput comes to the models' own limit.
+"""``python -m bench``: how close the served throughput comes to the models' own limit, per worker count.
 
-1. the limit: forward passes in this process at batch sizes 1 to 256 (``bench.limit``);
-2. the real server, default settings (dynamic batching on), driven over loopback by wrk, a
-   separate load-generator process (``bench.load``): GET /healthz at concurrency 1, single-image PNG
-   requests (multipart and JSON/base64) at each concurrency, batch requests of 64 and 256
-   images, then a soak that watches the server's memory;
-3. the same single-image runs against a server started with DIGITS_MAX_BATCH_SIZE=1;
+1. the limit: forward passes in this process at batch sizes 1 to 256 with the server's torch
+   threads, and at 256 with every core (``bench.limit``);
+2. for each ``--workers`` count, the real server (``DIGITS_WORKERS=N``, default settings
+   otherwise) driven over loopback by wrk, a separate load-generator process
+   (``bench.load``): GET /healthz at concurrency 1, single-image PNG requests (multipart and
+   JSON/base64) at each concurrency (512 included: the tail), batch requests of 64 and 256
+   images, then a soak that watches the memory of the whole process tree;
+3. single-image runs at concurrency 32 against one worker with DIGITS_MAX_BATCH_SIZE=1
+   (dynamic batching off);
 4. targets, a table, ``<results-dir>/<name>.json``, ``latest.json`` and ``throughput.png``.
 
 Exits 0 whatever the targets say, unless ``--strict``. See bench/README.md.
@@ -24,21 +27,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 from PIL import Image
 
 from bench.limit import BATCH_SIZES, measure_limits
 from bench.load import BodyKind, Job, LoadGenerator, write_payloads
-from bench.report import closest_limit, evaluate_targets, find_run, format_report, plot
+from bench.report import NO_BATCHING, closest_limit, evaluate_targets, find_run, format_report, plot, server_label
 from bench.server import ServerProcess
 from models.registry import SERVED_MODELS
-from service.loader import ServedModel
 
 __all__ = ["Plan", "encode_pngs", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
-FULL_BUDGET_S = 300.0
+FULL_BUDGET_S = 420.0
 
 Result = dict[str, Any]
 
@@ -49,8 +51,10 @@ class Plan:
     models: tuple[str, ...]
     bodies: tuple[BodyKind, ...]
     concurrency: tuple[int, ...]
+    workers: tuple[int, ...]
     batch_requests: tuple[int, ...]
     batch_concurrency: int
+    baseline_concurrency: tuple[int, ...]  # single-image runs of the server with batching off (empty: none)
     duration_s: float
     warmup_s: float
     soak_requests: int
@@ -58,16 +62,17 @@ class Plan:
     limit_warmup_s: float
     limit_measure_s: float
     images: int
-    baseline: bool  # also run the server with dynamic batching off
 
     def load_runs(self) -> int:
-        single = len(self.models) * len(self.bodies) * len(self.concurrency)
-        return 1 + single + len(self.models) * len(self.batch_requests) + (single if self.baseline else 0)
+        per_server = 1 + len(self.models) * (len(self.bodies) * len(self.concurrency) + len(self.batch_requests) + 1)
+        return len(self.workers) * per_server + len(self.models) * len(self.bodies) * len(self.baseline_concurrency)
 
     def estimate_s(self) -> float:
-        """A rough wall-time estimate: load runs, limits, two start-ups and a soak at ~400 requests/s."""
-        limits = len(self.models) * len(BATCH_SIZES) * (self.limit_warmup_s + self.limit_measure_s + 0.05)
-        return self.load_runs() * (self.duration_s + self.warmup_s + 0.1) + limits + 2 * 6 + self.soak_requests / 400 + 10
+        """A rough wall-time estimate: load runs, limits, start-ups and soaks at ~1,000 requests/s."""
+        limits = len(self.models) * (len(BATCH_SIZES) + 1) * (self.limit_warmup_s + self.limit_measure_s + 0.05)
+        servers = len(self.workers) + bool(self.baseline_concurrency)
+        soaks = len(self.workers) * self.soak_requests / 1000
+        return self.load_runs() * (self.duration_s + self.warmup_s + 0.2) + limits + servers * 6 + soaks
 
 
 def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
@@ -80,6 +85,12 @@ def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
     return env
 
 
+def _default_workers() -> list[int]:
+    """1, 2, 4, ... up to the cores: 1 and 2 on a 2-core machine, 1 2 4 8 on 8 cores."""
+    cores = os.cpu_count() or 1
+    return [1 << k for k in range(cores.bit_length()) if 1 << k <= max(2, cores)]
+
+
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run for CI (~1 s per load run, 500-request soak)")
@@ -87,22 +98,29 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
     parser.add_argument(
         "--bodies", nargs="+", choices=["multipart", "json"], default=["multipart", "json"], help="single-image body encodings"
     )
-    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32, 64], help="single-image client concurrencies")
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 32, 64, 512], help="single-image client concurrencies")
+    parser.add_argument(
+        "--workers", nargs="+", type=int, default=None, help="DIGITS_WORKERS of each server (default: 1, 2, 4, ... up to the cores)"
+    )
     parser.add_argument("--batch-requests", nargs="*", type=int, default=[64, 256], help="images per batch request (multipart)")
     parser.add_argument("--batch-concurrency", type=int, default=4, help="concurrent batch requests (so decoding overlaps inference)")
+    parser.add_argument(
+        "--baseline-concurrency",
+        nargs="*",
+        type=int,
+        default=[32],
+        help="concurrencies of the one-worker server with batching off (DIGITS_MAX_BATCH_SIZE=1); none: skip it",
+    )
     parser.add_argument("--duration", type=float, default=None, help="measured seconds per load run (default 3, quick 0.5)")
     parser.add_argument("--warmup", type=float, default=None, help="unmeasured seconds before each load run (default 0.5, quick 0.2)")
     parser.add_argument(
-        "--soak-requests", type=int, default=None, help="single-image requests in the memory soak (default 10000, quick 500)"
+        "--soak-requests", type=int, default=None, help="single-image requests in each server's memory soak (default 10000, quick 500)"
     )
     parser.add_argument("--soak-concurrency", type=int, default=32)
-    parser.add_argument("--no-baseline", action="store_true", help="skip the server with dynamic batching off")
     parser.add_argument(
-        "--env", action="append", default=[], metavar="KEY=VALUE", help="environment for both servers, e.g. DIGITS_MAX_BATCH_WAIT_MS=2"
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="environment for every server, e.g. DIGITS_MAX_BATCH_WAIT_MS=2"
     )
-    parser.add_argument(
-        "--torch-threads", type=int, default=None, help="shortcut for --env DIGITS_TORCH_THREADS=N (0 = one per core but one)"
-    )
+    parser.add_argument("--torch-threads", type=int, default=None, help="shortcut for --env DIGITS_TORCH_THREADS=N")
     parser.add_argument(
         "--server-python",
         default=sys.executable,
@@ -116,13 +134,18 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
     args = parser.parse_args(argv)
     quick = bool(args.quick)
+    workers = tuple(dict.fromkeys(args.workers or _default_workers()))
+    if min(workers) < 1:
+        parser.error("--workers counts must be at least 1")
     plan = Plan(
         quick=quick,
         models=tuple(dict.fromkeys(args.models)),
         bodies=tuple(dict.fromkeys(args.bodies)),
         concurrency=tuple(args.concurrency),
+        workers=workers,
         batch_requests=tuple(args.batch_requests),
         batch_concurrency=args.batch_concurrency,
+        baseline_concurrency=tuple(args.baseline_concurrency),
         duration_s=args.duration if args.duration is not None else (0.5 if quick else 3.0),
         warmup_s=args.warmup if args.warmup is not None else (0.2 if quick else 0.5),
         soak_requests=args.soak_requests if args.soak_requests is not None else (500 if quick else 10_000),
@@ -130,17 +153,16 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
         limit_warmup_s=0.05 if quick else 0.2,
         limit_measure_s=0.1 if quick else 0.4,
         images=1024,
-        baseline=not args.no_baseline,
     )
     return args, plan
 
 
-def encode_pngs(images: torch.Tensor) -> list[bytes]:
+def encode_pngs(images: np.ndarray) -> list[bytes]:
     """PNG files of N x 28 x 28 uint8 images, as a client would upload them."""
     files = []
-    for image in images:
+    for image in np.asarray(images, dtype=np.uint8):
         buffer = io.BytesIO()
-        Image.fromarray(image.numpy(), mode="L").save(buffer, format="PNG")
+        Image.fromarray(image, mode="L").save(buffer, format="PNG")
         files.append(buffer.getvalue())
     return files
 
@@ -150,7 +172,7 @@ def _mb(value: int) -> float:
 
 
 class Bench:
-    """One benchmark run; ``results`` fills up as it goes."""
+    """One benchmark run; ``runs`` and ``servers`` fill up as it goes."""
 
     def __init__(self, plan: Plan, env: dict[str, str], loadgen: LoadGenerator, limits: list[Result], python: str) -> None:
         self.python = python
@@ -160,11 +182,12 @@ class Bench:
         self.limits = limits
         self.runs: list[Result] = []
         self.servers: list[Result] = []
-        self.soak: Result | None = None
+        self.soaks: list[Result] = []
 
     def load(
         self,
         server: ServerProcess,
+        workers: int,
         *,
         kind: str,
         model: str | None,
@@ -193,7 +216,7 @@ class Bench:
         mean_batch = None
         passes = None
         if model:
-            after = server.model_stats()
+            after = server.model_stats()  # the inference process's counts: every worker's requests
             passes = after[model][0] - before[model][0]
             images = after[model][1] - before[model][1]
             mean_batch = images / passes if passes else None
@@ -203,6 +226,7 @@ class Bench:
             limit = closest_limit(self.limits, model or "", mean_batch) if model and mean_batch else None
         run: Result = {
             "server": server.label,
+            "workers": workers,
             "model": model,
             "kind": kind,
             "body": body if model else "none",
@@ -222,10 +246,11 @@ class Bench:
             "server_cpu_fraction": server_cpu,
             "client": outcome["client"],
         }
-        p50 = (run["latency_ms"] or {}).get("p50")
+        latency = run["latency_ms"] or {}
         print(
             f"  {server.label:<12}{model or 'healthz':<10}{kind:<8}{run['body']:<10}c{concurrency:<4}x{per_request:<4}"
-            f"{run['images_per_s']:>8.0f} img/s  p50 {p50 if p50 is not None else float('nan'):7.2f} ms  "
+            f"{run['images_per_s']:>8.0f} img/s  p50 {latency.get('p50', float('nan')):7.2f} ms  "
+            f"p99 {latency.get('p99', float('nan')):7.2f} ms  "
             f"batch {mean_batch if mean_batch is not None else float('nan'):5.1f}  errors {run['errors']}",
             flush=True,
         )
@@ -234,14 +259,17 @@ class Bench:
     def start(self, label: str, overrides: dict[str, str], raw_dir: Path, weights_dir: Path) -> ServerProcess:
         server = ServerProcess(label, {**self.env, **overrides}, raw_dir, weights_dir, self.python)
         ready = server.start()
-        print(f"server {label}: ready in {ready:.2f} s on {server.url} (log {server.log_path})", flush=True)
+        print(f"server {label}: ready in {ready:.2f} s on {server.url}, {len(server.tree())} processes (log {server.log_path})", flush=True)
         return server
 
-    def finish(self, server: ServerProcess) -> None:
+    def finish(self, server: ServerProcess, workers: int) -> None:
+        processes = len(server.tree())
         exit_code = server.stop()
         self.servers.append(
             {
                 "label": server.label,
+                "workers": workers,
+                "processes": processes,
                 "python": server.python,
                 "env": server.overrides,
                 "url": server.url,
@@ -253,29 +281,46 @@ class Bench:
             }
         )
 
-    def batching_phase(self, server: ServerProcess) -> None:
-        self.runs.append(self.load(server, kind="healthz", model=None, body="none", concurrency=1))
+    def batching_phase(self, server: ServerProcess, workers: int) -> None:
+        self.runs.append(self.load(server, workers, kind="healthz", model=None, body="none", concurrency=1))
         for model in self.plan.models:
             for body in self.plan.bodies:
                 for concurrency in self.plan.concurrency:
-                    self.runs.append(self.load(server, kind="single", model=model, body=body, concurrency=concurrency))
+                    self.runs.append(self.load(server, workers, kind="single", model=model, body=body, concurrency=concurrency))
             for size in self.plan.batch_requests:
                 run = self.load(
-                    server, kind="batch", model=model, body="multipart", concurrency=self.plan.batch_concurrency, per_request=size
+                    server,
+                    workers,
+                    kind="batch",
+                    model=model,
+                    body="multipart",
+                    concurrency=self.plan.batch_concurrency,
+                    per_request=size,
+                    # quick: a count of answers, not a window that a slow machine may end before the first one
+                    requests=2 * self.plan.batch_concurrency if self.plan.quick else None,
                 )
                 self.runs.append(run)
-        self.soak = self.soak_run(server)
+        self.soaks.append(self.soak_run(server, workers))
 
-    def soak_run(self, server: ServerProcess) -> Result:
+    def soak_run(self, server: ServerProcess, workers: int) -> Result:
         model = "ensemble" if "ensemble" in self.plan.models else self.plan.models[0]
         concurrency = self.plan.soak_concurrency
-        self.load(server, kind="single", model=model, body="multipart", concurrency=concurrency)  # settle allocations first
+        self.load(server, workers, kind="single", model=model, body="multipart", concurrency=concurrency)  # settle allocations first
         before = server.rss()
         run = self.load(
-            server, kind="soak", model=model, body="multipart", concurrency=concurrency, requests=self.plan.soak_requests, warmup_s=0
+            server,
+            workers,
+            kind="soak",
+            model=model,
+            body="multipart",
+            concurrency=concurrency,
+            requests=self.plan.soak_requests,
+            warmup_s=0,
         )
         after = server.rss()
         return {
+            "server": server.label,
+            "workers": workers,
             "model": model,
             "body": "multipart",
             "concurrency": concurrency,
@@ -292,23 +337,25 @@ class Bench:
     def baseline_phase(self, server: ServerProcess) -> None:
         for model in self.plan.models:
             for body in self.plan.bodies:
-                for concurrency in self.plan.concurrency:
-                    self.runs.append(self.load(server, kind="single", model=model, body=body, concurrency=concurrency))
+                for concurrency in self.plan.baseline_concurrency:
+                    self.runs.append(self.load(server, 1, kind="single", model=model, body=body, concurrency=concurrency))
 
     def latency_floor(self) -> list[Result]:
-        """Concurrency-1 p50 against a no-op round trip plus one forward pass at batch 1."""
-        healthz = find_run(self.runs, server="batching", kind="healthz")
+        """Concurrency-1 p50 of the one-worker server against its no-op round trip plus one forward pass at batch 1."""
+        label = server_label(min(self.plan.workers))
+        healthz = find_run(self.runs, server=label, kind="healthz")
         healthz_p50 = (healthz or {}).get("latency_ms", {}) or {}
         floors = []
         for model in self.plan.models:
             forward = next((limit for limit in self.limits if limit["model"] == model and limit["batch_size"] == 1), None)
             for body in self.plan.bodies:
-                run = find_run(self.runs, server="batching", kind="single", model=model, body=body, concurrency=1)
+                run = find_run(self.runs, server=label, kind="single", model=model, body=body, concurrency=1)
                 if run is None or run["latency_ms"] is None or forward is None or "p50" not in healthz_p50:
                     continue
                 floor = healthz_p50["p50"] + forward["forward_ms_p50"]
                 floors.append(
                     {
+                        "server": label,
                         "model": model,
                         "body": body,
                         "c1_p50_ms": run["latency_ms"]["p50"],
@@ -320,17 +367,13 @@ class Bench:
         return floors
 
 
-def _limits(models: list[ServedModel], inputs: torch.Tensor, plan: Plan, batch_sizes: tuple[int, ...]) -> list[Result]:
-    found = measure_limits(models, inputs, batch_sizes=batch_sizes, warmup_s=plan.limit_warmup_s, measure_s=plan.limit_measure_s)
-    return [asdict(limit) for limit in found]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args, plan = parse_args(argv)
     started = time.perf_counter()
     env = _parse_env(args.env)
     if args.torch_threads is not None:
         env["DIGITS_TORCH_THREADS"] = str(args.torch_threads)
+    env.pop("DIGITS_WORKERS", None)  # --workers says
     name = args.name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if plan.quick else "")
     results_dir: Path = args.results_dir.resolve()
     raw_dir = results_dir / "raw" / name
@@ -338,38 +381,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_average = [round(x, 2) for x in os.getloadavg()]
     cpu_count = os.cpu_count() or 1
     print(
-        f"bench {name}: {plan.load_runs()} load runs of {plan.warmup_s}+{plan.duration_s} s, soak {plan.soak_requests} requests; "
-        f"estimated {plan.estimate_s():.0f} s",
+        f"bench {name}: workers {list(plan.workers)}, {plan.load_runs()} load runs of {plan.warmup_s}+{plan.duration_s} s, "
+        f"soak {plan.soak_requests} requests per server; estimated {plan.estimate_s():.0f} s",
         flush=True,
     )
     if load_average[0] > 0.5 * cpu_count:
         print(f"WARNING: load average {load_average[0]} on {cpu_count} CPUs: this machine is busy and the timings will be too", flush=True)
 
-    from models.data import load_mnist  # torchvision: imported only when needed
+    import torch  # the limit's models: imported only when needed (bench.report, bench.summary need no torch)
+
+    from models.data import load_mnist
     from service.config import Settings
-    from service.loader import load_models, select_device
+    from service.inference.loader import load_models, select_device
 
     digits = load_mnist(args.data_dir, train=False, download=False)
-    pngs = encode_pngs(digits.images[: plan.images])
+    test_images = digits.images.numpy()
+    pngs = encode_pngs(test_images[: plan.images])
     payloads = raw_dir / "payloads.json"
     write_payloads(payloads, pngs)
 
-    os.environ.update(env)  # the servers get them too: the limit runs with the server's settings
-    settings = Settings()
+    os.environ.update(env)  # the limit runs with the servers' settings
+    settings = Settings(workers=1)
     threads = settings.inference_threads()
     device = select_device(settings.device)
-    print(f"in-process limit on {device} with {threads} torch threads (the server's) ...", flush=True)
+    print(f"in-process limit on {device} with {threads} torch threads (one worker's server) ...", flush=True)
     served = load_models(args.weights_dir, device, threads)
-    inputs = digits.images[: max(BATCH_SIZES)].float().unsqueeze(1) / 255
+    inputs = test_images[: max(BATCH_SIZES), None].astype(np.float32) / 255
     measured = [served[m] for m in plan.models]
-    limits = _limits(measured, inputs, plan, BATCH_SIZES)
-    # The machine's own limit may need every core: the batch-256 target is held against the best.
+    found = measure_limits(measured, inputs, warmup_s=plan.limit_warmup_s, measure_s=plan.limit_measure_s)
+    limits = [asdict(limit) for limit in found]
+    # The batch-256 target is held against the machine's own limit: every core on the forward pass.
     limits_all_cores: list[Result] = []
     if threads != cpu_count:
         for served_model in measured:
             served_model.threads = cpu_count
         print(f"in-process limit at batch {max(BATCH_SIZES)} with all {cpu_count} cores ...", flush=True)
-        limits_all_cores = _limits(measured, inputs, plan, (max(BATCH_SIZES),))
+        found = measure_limits(
+            measured, inputs, batch_sizes=(max(BATCH_SIZES),), warmup_s=plan.limit_warmup_s, measure_s=plan.limit_measure_s
+        )
+        limits_all_cores = [asdict(limit) for limit in found]
     del served, measured  # free the models before the servers start
     for model in plan.models:
         row = ", ".join(f"b{lim['batch_size']} {lim['images_per_s']:.0f}" for lim in limits if lim["model"] == model)
@@ -377,20 +427,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     loadgen = LoadGenerator(payloads, raw_dir / "loadgen")
     bench = Bench(plan, env, loadgen, limits, args.server_python)
-    server = bench.start("batching", {}, raw_dir, args.weights_dir)
-    try:
-        bench.batching_phase(server)
-    finally:
-        bench.finish(server)
-    if plan.baseline:
-        server = bench.start("no-batching", {"DIGITS_MAX_BATCH_SIZE": "1"}, raw_dir, args.weights_dir)
+    for workers in plan.workers:
+        server = bench.start(server_label(workers), {"DIGITS_WORKERS": str(workers)}, raw_dir, args.weights_dir)
+        try:
+            bench.batching_phase(server, workers)
+        finally:
+            bench.finish(server, workers)
+    if plan.baseline_concurrency:
+        server = bench.start(
+            NO_BATCHING, {"DIGITS_WORKERS": "1", "DIGITS_MAX_BATCH_SIZE": "1", "DIGITS_MAX_QUEUE_IMAGES": "2048"}, raw_dir, args.weights_dir
+        )
         try:
             bench.baseline_phase(server)
         finally:
-            bench.finish(server)
+            bench.finish(server, 1)
 
     results: Result = {
-        "schema": 1,
+        "schema": 2,
         "name": name,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "quick": plan.quick,
@@ -411,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "servers": bench.servers,
         "runs": bench.runs,
         "latency_floor": bench.latency_floor(),
-        "soak": bench.soak,
+        "soaks": bench.soaks,
     }
     results["targets"] = evaluate_targets(results)
     failed = [t for t in results["targets"] if not t["passed"]]

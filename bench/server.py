@@ -1,12 +1,16 @@
 """The real server (``python -m service``) as a subprocess on a free loopback port.
 
-Started as ``tests/conftest.py`` starts it; the time from ``Popen`` to the first 200 from
-/readyz is the start-up time. A sampler thread follows the resident memory of the process
-and its children for the peak; on Linux the kernel's own high-water mark (VmHWM) is read too.
+Started as ``tests/conftest.py`` starts it, in a process group of its own; the time from
+``Popen`` to the first 200 from /readyz is the start-up time. A sampler thread follows the
+resident memory of the whole process tree (the server and every child: HTTP workers, the
+inference process, LitServe's workers) for the peak; on Linux the kernel's own high-water
+mark (VmHWM) of each process is summed too. ``stop`` ends the whole group: SIGTERM to the
+leader, a wait, then SIGKILL to every process left in the group, so no child outlives a run.
 """
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +46,12 @@ def _high_water_mark(pid: int) -> int:
     return 0
 
 
+def _running(process: psutil.Process) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
+    return False
+
+
 class ServerProcess:
     """One server run, with the environment overrides of this benchmark phase."""
 
@@ -74,6 +84,7 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.ready_s: float | None = None
         self.peak_rss = 0
+        self.seen: dict[int, float] = {}  # pid -> creation time of every process seen in the tree
         self.rss_ready = 0  # resident bytes right after ready
         self._stop_sampling = threading.Event()
         self._sampler: threading.Thread | None = None
@@ -86,7 +97,12 @@ class ServerProcess:
         with self.log_path.open("wb") as log:
             started = time.perf_counter()
             self.process = subprocess.Popen(
-                [self.python, "-m", *self.module_args], cwd=ROOT, env=self.environment, stdout=log, stderr=subprocess.STDOUT
+                [self.python, "-m", *self.module_args],
+                cwd=ROOT,
+                env=self.environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() ends every child with it
             )
         self._sampler = threading.Thread(target=self._sample, name=f"rss-{self.label}", daemon=True)
         self._sampler.start()
@@ -102,20 +118,22 @@ class ServerProcess:
             time.sleep(0.01)
         raise ServerError(f"server {self.label} not ready within {timeout_s} s:\n{self.log_tail()}")
 
-    def stop(self) -> int | None:
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM to the leader and wait for it, then SIGKILL to whatever is left of its group; its exit status."""
         self._stop_sampling.set()
         if self._sampler is not None:
             self._sampler.join(timeout=5)
         self._client.close()
         if self.process is None:
             return None
+        pgid = self.process.pid  # start_new_session: the leader's pid is the group's id
         if self.process.poll() is None:
             self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=timeout_s)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)  # children the leader left behind (or the leader itself, if it hung)
+        self.process.wait()
         return self.process.returncode
 
     def log_tail(self, lines: int = 40) -> str:
@@ -125,7 +143,8 @@ class ServerProcess:
 
     # -- observations -----------------------------------------------------------------------
 
-    def _processes(self) -> list[psutil.Process]:
+    def tree(self) -> list[psutil.Process]:
+        """The server process and every descendant now (HTTP workers, the inference process, LitServe's workers)."""
         if self.process is None:
             return []
         try:
@@ -137,7 +156,7 @@ class ServerProcess:
     def rss(self) -> int:
         """Resident bytes of the server process and its children now."""
         total = 0
-        for process in self._processes():
+        for process in self.tree():
             with contextlib.suppress(psutil.Error):
                 total += process.memory_info().rss
         return total
@@ -145,7 +164,7 @@ class ServerProcess:
     def cpu_seconds(self) -> float:
         """User + system CPU seconds used so far by the server process and its children."""
         total = 0.0
-        for process in self._processes():
+        for process in self.tree():
             with contextlib.suppress(psutil.Error):
                 times = process.cpu_times()
                 total += times.user + times.system
@@ -153,8 +172,23 @@ class ServerProcess:
 
     def _sample(self) -> None:
         while not self._stop_sampling.is_set():
-            self.peak_rss = max(self.peak_rss, self.rss(), sum(_high_water_mark(p.pid) for p in self._processes()))
+            tree = self.tree()
+            for process in tree:
+                with contextlib.suppress(psutil.Error):
+                    self.seen.setdefault(process.pid, process.create_time())
+            self.peak_rss = max(self.peak_rss, self.rss(), sum(_high_water_mark(p.pid) for p in tree))
             self._stop_sampling.wait(0.1)
+
+    def survivors(self, wait_s: float = 3.0) -> list[int]:
+        """Pids of processes seen in the tree still running ``wait_s`` after a stop (a reused pid does not count)."""
+        found = []
+        for pid, created in self.seen.items():
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(pid)
+                if process.create_time() == created:
+                    found.append(process)
+        _, alive = psutil.wait_procs(found, timeout=wait_s)  # a killed process may take a moment to be reaped
+        return sorted(p.pid for p in alive if _running(p))
 
     def model_stats(self) -> dict[str, tuple[int, int]]:
         """Per model: (forward passes, images) so far, from GET /model-info."""

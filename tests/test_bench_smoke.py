@@ -13,10 +13,12 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 LIMIT_BATCH_SIZES = [1, 8, 32, 64, 128, 256]
-CONCURRENCY = [1, 8, 32, 64]
+CONCURRENCY = [1, 32, 64, 512]
+WORKERS = [1, 2]
 LATENCY_KEYS = {"p50", "p95", "p99", "mean", "min", "max"}
 RUN_KEYS = {
     "server",
+    "workers",
     "model",
     "kind",
     "body",
@@ -49,6 +51,9 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> t
         "--quick",
         "--models",
         "resnet",
+        "--workers",
+        "1",
+        "2",
         "--results-dir",
         str(out),
         "--name",
@@ -72,8 +77,8 @@ def test_files_are_written(quick_results) -> None:
 
 def test_top_level_structure(quick_results) -> None:
     results, _, _ = quick_results
-    assert results["quick"] is True and results["name"] == "smoke" and results["schema"] == 1
-    assert results["config"]["models"] == ["resnet"]
+    assert results["quick"] is True and results["name"] == "smoke" and results["schema"] == 2
+    assert results["config"]["models"] == ["resnet"] and results["config"]["workers"] == WORKERS
     assert results["machine"]["cpu_count"] >= 1 and results["machine"]["torch_threads"] >= 1
     assert results["elapsed_s"] > 0
 
@@ -98,33 +103,42 @@ def test_every_run_is_there_and_answered(quick_results) -> None:
         assert set(run["latency_ms"]) == LATENCY_KEYS
         assert run["latency_ms"]["p50"] <= run["latency_ms"]["p95"] <= run["latency_ms"]["p99"]
         assert run["loadgen_cpu_fraction"] > 0
-    singles = {(r["server"], r["body"], r["concurrency"]) for r in runs if r["kind"] == "single"}
-    expected = {(server, body, c) for server in ("batching", "no-batching") for body in ("multipart", "json") for c in CONCURRENCY}
+    singles = {(r["server"], r["workers"], r["body"], r["concurrency"]) for r in runs if r["kind"] == "single"}
+    expected = {(f"workers-{w}", w, body, c) for w in WORKERS for body in ("multipart", "json") for c in CONCURRENCY}
+    expected |= {("no-batching", 1, body, 32) for body in ("multipart", "json")}
     assert singles == expected
     batches = [r for r in runs if r["kind"] == "batch"]
-    assert sorted(r["images_per_request"] for r in batches) == [64, 256]
+    assert sorted((r["workers"], r["images_per_request"]) for r in batches) == [(w, n) for w in WORKERS for n in (64, 256)]
     for run in batches:
         assert run["limit_batch_size"] == run["images_per_request"] and run["ratio_to_limit"] > 0
         assert run["mean_batch_size"] >= 1
     for run in (r for r in runs if r["server"] == "no-batching"):
         assert run["mean_batch_size"] == 1  # DIGITS_MAX_BATCH_SIZE=1
-    assert [r["kind"] for r in runs].count("healthz") == 1
+    assert sorted(r["workers"] for r in runs if r["kind"] == "healthz") == WORKERS
 
 
-def test_servers_soak_latency_floor_and_targets(quick_results) -> None:
+def test_servers_soaks_latency_floor_and_targets(quick_results) -> None:
     results, _, _ = quick_results
     servers = {s["label"]: s for s in results["servers"]}
-    assert set(servers) == {"batching", "no-batching"}
-    assert servers["no-batching"]["env"] == {"DIGITS_MAX_BATCH_SIZE": "1"}
+    assert set(servers) == {"workers-1", "workers-2", "no-batching"}
+    assert servers["no-batching"]["env"] == {"DIGITS_WORKERS": "1", "DIGITS_MAX_BATCH_SIZE": "1", "DIGITS_MAX_QUEUE_IMAGES": "2048"}
+    assert servers["workers-2"]["env"] == {"DIGITS_WORKERS": "2"}
+    assert servers["workers-1"]["processes"] == 1
+    assert servers["workers-2"]["processes"] >= 4  # the supervisor, the inference process, 2 HTTP workers
     for server in servers.values():
         assert server["ready_s"] > 0 and server["peak_rss_mb"] > 50
-    soak = results["soak"]
-    # wrk stops after the 500th answer; requests already in flight on other connections may
-    # still be answered in the same turn of its event loop, and they are counted
-    assert 500 <= soak["requests"] < 500 + soak["concurrency"] and soak["errors"] == 0 and soak["model"] == "resnet"
-    assert soak["rss_before_mb"] > 0 and soak["rss_after_mb"] > 0 and isinstance(soak["growth_pct"], float)
+    assert servers["workers-2"]["peak_rss_mb"] > servers["workers-1"]["peak_rss_mb"]  # every process of the tree counts
+    assert [soak["workers"] for soak in results["soaks"]] == WORKERS
+    for soak in results["soaks"]:
+        # wrk stops after the 500th answer; requests already in flight on other connections may
+        # still be answered in the same turn of its event loop, and they are counted
+        assert 500 <= soak["requests"] < 500 + soak["concurrency"] and soak["errors"] == 0 and soak["model"] == "resnet"
+        assert soak["rss_before_mb"] > 0 and soak["rss_after_mb"] > 0 and isinstance(soak["growth_pct"], float)
     assert {(f["model"], f["body"]) for f in results["latency_floor"]} == {("resnet", "multipart"), ("resnet", "json")}
     names = [t["name"] for t in results["targets"]]
-    assert any("batch-256" in n for n in names) and any("ready" in n for n in names) and any("RSS growth" in n for n in names)
+    assert "resnet: c64 images/s, 2 workers vs 1" in names
+    assert sum("c512 p99 vs its p50" in n for n in names) == len(WORKERS)
+    assert sum("batch-256" in n for n in names) == len(WORKERS)
+    assert any("ready" in n for n in names) and sum("RSS growth" in n for n in names) == len(WORKERS)
     assert all(isinstance(t["passed"], bool) for t in results["targets"])
     assert results["summary"]["targets"] == len(results["targets"])
