@@ -33,7 +33,7 @@ from PIL import Image
 from bench.limit import BATCH_SIZES, measure_limits
 from bench.load import BodyKind, Job, LoadGenerator, write_payloads
 from bench.report import NO_BATCHING, closest_limit, evaluate_targets, find_run, format_report, plot, server_label
-from bench.server import ServerProcess
+from bench.server import ServerProcess, source_commit
 from models.registry import SERVED_MODELS
 
 __all__ = ["Plan", "encode_pngs", "main"]
@@ -450,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "argv": list(sys.argv[1:] if argv is None else argv),
         "machine": {
             "cpu_count": cpu_count,
+            "commit": source_commit(),
             "platform": platform.platform(),
             "python": platform.python_version(),
             "torch": torch.__version__,

@@ -22,13 +22,23 @@ from typing import Any
 import httpx
 import psutil
 
-__all__ = ["ServerError", "ServerProcess", "free_port"]
+__all__ = ["ServerError", "ServerProcess", "free_port", "source_commit"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 class ServerError(RuntimeError):
     """The server exited or did not become ready."""
+
+
+def source_commit() -> str:
+    """The commit of the code measured, with ``-dirty`` when the working tree differs from it ("unknown" outside git)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty.strip() else "")
 
 
 def free_port() -> int:

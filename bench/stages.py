@@ -44,6 +44,7 @@ import numpy as np
 
 from bench.load import build_bodies
 from bench.run import encode_pngs
+from bench.server import source_commit
 from models.spec import CLASSES, INPUT_SHAPE
 from service.config import Settings
 from service.handler import Classification, DigitRule, decode_files, encode_predictions
@@ -349,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         "argv": list(sys.argv[1:] if argv is None else argv),
         "machine": {
             "cpu_count": os.cpu_count(),
+            "commit": source_commit(),
             "platform": platform.platform(),
             "python": platform.python_version(),
             "torch": torch.__version__,
