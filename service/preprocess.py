@@ -10,7 +10,7 @@ itself is served exactly as the models were evaluated.
 import io
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from service.errors import InputError
 
@@ -81,8 +81,8 @@ def _ink(image: Image.Image) -> tuple[np.ndarray, bool]:
     """Ink intensity in [0, 1] (1 = stroke), and whether the image already was white on black."""
     try:
         return _ink_of_mode(image)
-    except ValueError:  # e.g. LAB or YCbCr TIFFs, which Pillow cannot convert to greyscale
-        raise InputError(f"has image mode {image.mode}, which cannot be read as a greyscale digit") from None
+    except ValueError:  # e.g. LAB TIFFs, which Pillow cannot convert to greyscale or RGB
+        raise InputError(f"has image mode {image.mode}, which cannot be read as a digit") from None
 
 
 def _ink_of_mode(image: Image.Image) -> tuple[np.ndarray, bool]:
@@ -91,20 +91,193 @@ def _ink_of_mode(image: Image.Image) -> tuple[np.ndarray, bool]:
         alpha = np.asarray(image.convert("RGBA"), dtype=np.float32)[..., 3] / 255.0
         if alpha.min() < 1.0:  # a transparent background: what was painted is the ink
             return alpha, False
+    planes = _planes(image)
+    grey = planes[0] if len(planes) == 1 else np.mean(planes, axis=0)
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    if 2 * np.count_nonzero(border > 0.5) <= border.size:  # mostly dark border: a light digit on black
+        if grey.shape == (SIZE, SIZE):
+            return grey, True  # MNIST's own form: served exactly as the models were evaluated
+        planes = [1.0 - plane for plane in planes]
+    return _paper_ink(planes), False
+
+
+def _planes(image: Image.Image) -> list[np.ndarray]:
+    """The image as one (grey) or three (colour) float32 planes in [0, 1], light = 1."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         values = np.asarray(image, dtype=np.float32)
         grey = values / (65535.0 if values.max() > 255 else 255.0)
     elif image.mode == "F":
         grey = np.nan_to_num(np.asarray(image, dtype=np.float32))
-    else:
+    elif image.mode in ("L", "1", "LA"):
         grey_image = image if image.mode == "L" else image.convert("L")
         # frombuffer: Pillow's array interface costs more than the rest of a 28x28 decode
         grey = np.frombuffer(grey_image.tobytes(), np.uint8).reshape(grey_image.height, grey_image.width) / np.float32(255)
-    grey = np.clip(grey, 0.0, 1.0, out=grey)
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    if 2 * np.count_nonzero(border > 0.5) > border.size:  # mostly light border: dark ink on paper or canvas
-        return 1.0 - grey, False
-    return grey, True
+    else:
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        channels = np.frombuffer(rgb.tobytes(), np.uint8).reshape(rgb.height, rgb.width, 3) / np.float32(255)
+        if np.array_equal(channels[..., 0], channels[..., 1]) and np.array_equal(channels[..., 0], channels[..., 2]):
+            return [np.ascontiguousarray(channels[..., 0])]
+        return [np.ascontiguousarray(channels[..., c]) for c in range(3)]
+    return [np.clip(grey, 0.0, 1.0, out=grey)]
+
+
+# --- dark ink on paper ---------------------------------------------------------------------
+#
+# A camera or a scanner delivers the digit as dark ink on paper whose brightness is not 255
+# and not even uniform. What the networks need is the ink alone: the paper's own brightness
+# is estimated (it varies slowly) and divided out, so that every pixel says how much of the
+# light the ink absorbed there. The colour channel in which the ink absorbs most counts (blue
+# ink is dark in red light). A threshold between this image's own paper and its own ink
+# (Otsu's) finds the strokes; connected strokes make components, and specks far smaller than
+# the digit are dropped. What is kept is soft: the ink's absorption, stretched so that the
+# ink's typical value is 1, with anti-aliased edges, as MNIST's strokes are.
+
+PROCESS_SIZE = 512  # larger pictures are reduced to this first: the digit ends up 20 px anyway
+SMALL_SIZE = 64  # smaller pictures are enlarged smoothly to at least this, so that pixels become strokes
+BACKGROUND_CELLS = 32  # the paper's brightness is estimated on a grid of this many cells (longer side)
+BACKGROUND_REACH = 4  # cells: ink strokes narrower than twice this vanish from the estimate
+LIGHT_FLOOR = 0.6  # the paper is never estimated darker than this share of its brightest part
+MIN_CONTRAST = 0.12  # an Otsu threshold below this is noise in an empty picture
+MASK_CELLS = 48  # components are found on a grid of this many cells (longer side)
+MIN_SHARE = 0.2  # a component with less of the ink than this share of the largest one is a speck...
+NEAR_SHARE = 0.04  # ...unless it lies within the largest one's box and holds at least this share
+
+
+def _paper_ink(planes: list[np.ndarray]) -> np.ndarray:
+    """Dark ink on paper -> soft ink in [0, 1] on 0, only the digit's strokes."""
+    planes = _resized(planes)
+    absorbed = np.max([_absorption(plane) for plane in planes], axis=0)
+    absorbed = _denoised(absorbed)
+    if float(absorbed.max()) <= INK_THRESHOLD:
+        return np.zeros_like(absorbed)
+    threshold = max(_otsu(absorbed), MIN_CONTRAST)
+    strokes = absorbed > threshold
+    if not strokes.any():
+        return np.zeros_like(absorbed)
+    level = float(np.percentile(absorbed[strokes], 75))
+    low = 0.5 * threshold
+    soft = np.clip((absorbed - low) / max(level - low, 1e-3), 0.0, 1.0)
+    return soft * _significant(strokes, soft)
+
+
+def _resized(planes: list[np.ndarray]) -> list[np.ndarray]:
+    """Planes no larger than PROCESS_SIZE, and small ones enlarged smoothly to SMALL_SIZE."""
+    height, width = planes[0].shape
+    longest = max(height, width)
+    if longest > PROCESS_SIZE:
+        scale, method = PROCESS_SIZE / longest, Image.Resampling.BOX
+    elif longest < SMALL_SIZE:
+        scale, method = float(np.ceil(SMALL_SIZE / longest)), Image.Resampling.BICUBIC
+    else:
+        return planes
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return [np.asarray(Image.fromarray(plane, mode="F").resize(size, method), dtype=np.float32) for plane in planes]
+
+
+def _absorption(plane: np.ndarray) -> np.ndarray:
+    """How much of the paper's light the ink took, in [0, 1]: 1 - pixel / paper."""
+    paper = _paper_brightness(plane)
+    return np.clip(1.0 - plane / paper, 0.0, 1.0)
+
+
+def _paper_brightness(plane: np.ndarray) -> np.ndarray:
+    """The paper's brightness under each pixel: a morphological closing on a coarse grid.
+
+    Block maxima on a grid, then a max and a min filter (the closing, which removes dark
+    strokes narrower than the filter), then bilinear enlargement back to the picture. A
+    floor at LIGHT_FLOOR of the brightest paper keeps a stroke wider than the filter (a
+    digit filling the picture) from being taken for a shadow.
+    """
+    height, width = plane.shape
+    cell = max(1, int(np.ceil(max(height, width) / BACKGROUND_CELLS)))
+    rows, cols = -(-height // cell), -(-width // cell)
+    padded = np.pad(plane, ((0, rows * cell - height), (0, cols * cell - width)), mode="edge")
+    blocks = padded.reshape(rows, cell, cols, cell).max(axis=(1, 3))
+    size = 2 * BACKGROUND_REACH + 1
+    coarse = Image.fromarray(np.ascontiguousarray(blocks), mode="F").filter(ImageFilter.MaxFilter(size)).filter(ImageFilter.MinFilter(size))
+    paper = np.asarray(coarse.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+    floor = LIGHT_FLOOR * float(blocks.max())
+    return np.maximum(paper, max(floor, 1e-3))
+
+
+def _denoised(absorbed: np.ndarray) -> np.ndarray:
+    """A Gaussian blur of about one pixel: sensor noise and JPEG ringing, not strokes, vanish."""
+    if max(absorbed.shape) < 2 * SMALL_SIZE:
+        return absorbed
+    eight_bit = Image.fromarray(np.rint(absorbed * 255).astype(np.uint8), mode="L")
+    return np.asarray(eight_bit.filter(ImageFilter.GaussianBlur(1.0)), dtype=np.float32) / 255.0
+
+
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of values in [0, 1] (256 bins): the cut that best separates two classes."""
+    counts = np.bincount(np.minimum((values * 255).astype(np.int64).ravel(), 255), minlength=256).astype(np.float64)
+    levels = np.arange(256, dtype=np.float64)
+    weight = np.cumsum(counts)
+    mass = np.cumsum(counts * levels)
+    total, total_mass = weight[-1], mass[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (total_mass * weight - total * mass) ** 2 / (weight * (total - weight))
+    between = np.nan_to_num(between[:-1], nan=0.0, posinf=0.0)
+    return (float(np.argmax(between)) + 0.5) / 255.0
+
+
+def _significant(strokes: np.ndarray, soft: np.ndarray) -> np.ndarray:
+    """1 where the ink belongs to the digit, 0 on specks: components on a coarse grid."""
+    height, width = strokes.shape
+    cell = max(1, int(np.ceil(max(height, width) / MASK_CELLS)))
+    rows, cols = -(-height // cell), -(-width // cell)
+    pad = ((0, rows * cell - height), (0, cols * cell - width))
+    occupied = np.asarray(np.pad(strokes, pad).reshape(rows, cell, cols, cell).any(axis=(1, 3)))
+    mass = np.pad(soft, pad).reshape(rows, cell, cols, cell).sum(axis=(1, 3))
+    labels = _components(occupied)
+    count = int(labels.max()) + 1
+    if count <= 2:
+        return np.ones_like(soft)
+    masses = np.bincount(labels.ravel(), weights=mass.ravel(), minlength=count)
+    masses[0] = 0.0
+    largest = int(np.argmax(masses))
+    keep = masses >= MIN_SHARE * masses[largest]
+    near = _near(labels, largest, count)
+    keep |= near & (masses >= NEAR_SHARE * masses[largest])
+    keep[0] = False
+    cells = keep[labels].astype(np.float32)
+    return np.repeat(np.repeat(cells, cell, axis=0), cell, axis=1)[:height, :width]
+
+
+def _near(labels: np.ndarray, largest: int, count: int) -> np.ndarray:
+    """Which components have a cell inside the largest component's bounding box."""
+    rows, cols = np.nonzero(labels == largest)
+    inside = labels[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    near = np.zeros(count, dtype=bool)
+    near[np.unique(inside)] = True
+    return near
+
+
+def _components(occupied: np.ndarray) -> np.ndarray:
+    """8-connected components of a small boolean grid: 0 = empty, 1..n = component.
+
+    Each cell takes the smallest index among its neighbours and then the label of the cell
+    that index names (pointer jumping), until nothing changes: a few passes for any shape.
+    """
+    height, width = occupied.shape
+    empty = height * width
+    index = np.arange(empty, dtype=np.int64).reshape(height, width)
+    labels = np.where(occupied, index, empty)
+    while True:
+        padded = np.pad(labels, 1, constant_values=empty)
+        smallest = labels.copy()
+        for dy in range(3):
+            for dx in range(3):
+                np.minimum(smallest, padded[dy : dy + height, dx : dx + width], out=smallest)
+        smallest = np.where(occupied, smallest, empty)
+        flat = np.append(smallest.ravel(), empty)
+        jumped = flat[flat[smallest]]
+        if np.array_equal(jumped, labels):
+            break
+        labels = jumped
+    dense = np.unique(labels, return_inverse=True)[1].reshape(height, width) + 1
+    dense[labels == empty] = 0
+    return dense
 
 
 def _fit_box(ink: np.ndarray) -> np.ndarray:
