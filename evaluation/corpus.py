@@ -112,6 +112,13 @@ def pen_ink(digit: np.ndarray, height: int, *, level: float = 0.45, thicken: int
     return ink
 
 
+def _largest_height(digit: np.ndarray, picture: tuple[int, int], share: float = 0.8) -> int:
+    """The tallest the digit may be drawn so that its ink, margin included, fits ``share`` of the picture."""
+    rows, cols = _crop_to_ink(digit).shape
+    margin = 1 + 4 / rows  # pen_ink's frame of 2 source pixels on each side
+    return max(8, int(share * min(picture[0] / margin, picture[1] * rows / cols / margin)))
+
+
 def _rotated(ink: np.ndarray, degrees: float) -> np.ndarray:
     image = Image.fromarray(ink, mode="F").rotate(degrees, Image.Resampling.BICUBIC, expand=True)
     return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
@@ -129,7 +136,7 @@ class Photo:
     picture: tuple[int, int] = (112, 400)  # side lengths of the picture, px
     digit: tuple[int, int] = (80, 300)  # digit height, px (at most 0.85 of the shorter side)
     level: tuple[float, float] = (0.35, 0.55)  # pen threshold: lower is thicker
-    thicken: tuple[int, int] = (0, 0)
+    thicken: tuple[float, float] = (0.0, 0.0)  # felt pens: this share of the digit height more on every side
     uneven: float = 0.0  # strength of the light's gradient and vignette
     noise: tuple[float, float] = (1.5, 5.0)  # sensor noise sigma, 0-255
     jpeg: tuple[int, int] | None = (60, 90)
@@ -187,9 +194,9 @@ def _specks(mask: np.ndarray, count: int, rng: np.random.Generator) -> None:
 def photo(spec: Photo, digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """The digit in pen on a sheet of paper, as a camera or a scanner delivers it."""
     height, width = (int(rng.integers(spec.picture[0], spec.picture[1] + 1)) for _ in range(2))
-    longest = min(spec.digit[1], int(0.85 * min(height, width)))
+    longest = min(spec.digit[1], _largest_height(digit, (height, width)))
     digit_height = int(rng.integers(min(spec.digit[0], longest), longest + 1))
-    ink = pen_ink(digit, digit_height, level=_uniform(rng, spec.level), thicken=int(rng.integers(spec.thicken[0], spec.thicken[1] + 1)))
+    ink = pen_ink(digit, digit_height, level=_uniform(rng, spec.level), thicken=round(digit_height * _uniform(rng, spec.thicken)))
     if spec.rotate:
         ink = _rotated(ink, _uniform(rng, (-spec.rotate, spec.rotate)))
     ink = ink[:height, :width]
@@ -228,7 +235,8 @@ def _encode(image: Image.Image, fmt: str, **options: int) -> bytes:
 def canvas(transparent: bool, digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """A finger or mouse drawing: an HTML canvas export (alpha = ink) or black on a white canvas."""
     side = int(rng.integers(200, 401))
-    ink = pen_ink(digit, int(rng.integers(side // 2, int(side * 0.85) + 1)), level=_uniform(rng, (0.3, 0.5)))
+    longest = _largest_height(digit, (side, side))
+    ink = pen_ink(digit, int(rng.integers(min(side // 2, longest), longest + 1)), level=_uniform(rng, (0.3, 0.5)))
     ink = ink[:side, :side]
     top, left = _place((side, side), ink, rng, at_edge=False)
     alpha = np.zeros((side, side), np.float32)
@@ -288,7 +296,7 @@ def _register_photos() -> None:
         ("pen-red", "paper", Photo(pens=("red",)), "red pen"),
         ("pencil", "paper", Photo(pens=("pencil",), pen_strength=(0.6, 0.9)), "grey pencil, fainter"),
         ("pen-thin", "paper", Photo(level=(0.6, 0.7), digit=(150, 300)), "fine liner: thin strokes on a large digit"),
-        ("pen-thick", "paper", Photo(level=(0.25, 0.35), thicken=(2, 5)), "felt marker: thick strokes"),
+        ("pen-thick", "paper", Photo(level=(0.3, 0.4), thicken=(0.01, 0.03)), "felt marker: thick strokes"),
         ("paper-small-digit", "paper", Photo(picture=(300, 400), digit=(40, 70)), "a small digit in a large photo"),
         ("paper-edge", "paper", Photo(at_edge=True), "the digit touching the picture's border"),
         ("scan-clean", "scan", Photo(paper=(245, 255), noise=(0.0, 1.0), jpeg=None, tint=False), "clean white scan, PNG"),

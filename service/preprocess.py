@@ -145,11 +145,15 @@ NEAR_SHARE = 0.04  # ...unless it lies within the largest one's box and holds at
 
 def _paper_ink(planes: list[np.ndarray]) -> np.ndarray:
     """Dark ink on paper -> soft ink in [0, 1] on 0, only the digit's strokes."""
+    planes = _unblocked(planes)
+    small = max(planes[0].shape) < SMALL_SIZE
     planes = _resized(planes)
     absorbed = np.max([_absorption(plane) for plane in planes], axis=0)
     absorbed = _denoised(absorbed)
     if float(absorbed.max()) <= INK_THRESHOLD:
         return np.zeros_like(absorbed)
+    if small:  # a thumbnail: no noise to remove, and each grey level is part of the shape
+        return absorbed
     threshold = max(_otsu(absorbed), MIN_CONTRAST)
     strokes = absorbed > threshold
     if not strokes.any():
@@ -158,6 +162,19 @@ def _paper_ink(planes: list[np.ndarray]) -> np.ndarray:
     low = 0.5 * threshold
     soft = np.clip((absorbed - low) / max(level - low, 1e-3), 0.0, 1.0)
     return soft * _significant(strokes, soft)
+
+
+def _unblocked(planes: list[np.ndarray]) -> list[np.ndarray]:
+    """A picture enlarged by repeating pixels (k x k blocks) brought back to its own pixels."""
+    height, width = planes[0].shape
+    edges = [height, width]
+    for plane in planes:
+        edges.extend(np.flatnonzero((plane[1:] != plane[:-1]).any(axis=1)) + 1)
+        edges.extend(np.flatnonzero((plane[:, 1:] != plane[:, :-1]).any(axis=0)) + 1)
+        if np.gcd.reduce(np.asarray(edges, dtype=np.int64)) == 1:
+            return planes
+    block = int(np.gcd.reduce(np.asarray(edges, dtype=np.int64)))
+    return [np.ascontiguousarray(plane[::block, ::block]) for plane in planes]
 
 
 def _resized(planes: list[np.ndarray]) -> list[np.ndarray]:
@@ -231,17 +248,15 @@ def _significant(strokes: np.ndarray, soft: np.ndarray) -> np.ndarray:
     mass = np.pad(soft, pad).reshape(rows, cell, cols, cell).sum(axis=(1, 3))
     labels = _components(occupied)
     count = int(labels.max()) + 1
-    if count <= 2:
-        return np.ones_like(soft)
     masses = np.bincount(labels.ravel(), weights=mass.ravel(), minlength=count)
     masses[0] = 0.0
     largest = int(np.argmax(masses))
     keep = masses >= MIN_SHARE * masses[largest]
-    near = _near(labels, largest, count)
-    keep |= near & (masses >= NEAR_SHARE * masses[largest])
+    keep |= _near(labels, largest, count) & (masses >= NEAR_SHARE * masses[largest])
     keep[0] = False
-    cells = keep[labels].astype(np.float32)
-    return np.repeat(np.repeat(cells, cell, axis=0), cell, axis=1)[:height, :width]
+    cells = Image.fromarray(keep[labels].astype(np.uint8) * 255, mode="L").filter(ImageFilter.MaxFilter(3))  # the strokes' soft edges
+    kept = np.asarray(cells, dtype=np.float32) / 255.0
+    return np.repeat(np.repeat(kept, cell, axis=0), cell, axis=1)[:height, :width]
 
 
 def _near(labels: np.ndarray, largest: int, count: int) -> np.ndarray:
