@@ -134,10 +134,12 @@ def _planes(image: Image.Image) -> list[np.ndarray]:
 
 PROCESS_SIZE = 512  # larger pictures are reduced to this first: the digit ends up 20 px anyway
 SMALL_SIZE = 64  # smaller pictures are enlarged smoothly to at least this, so that pixels become strokes
+SMALL_FLOOR = 0.03  # enlarging a thumbnail smoothly rings faintly around its strokes; less is not ink
 BACKGROUND_CELLS = 32  # the paper's brightness is estimated on a grid of this many cells (longer side)
 BACKGROUND_REACH = 4  # cells: ink strokes narrower than twice this vanish from the estimate
 LIGHT_FLOOR = 0.6  # the paper is never estimated darker than this share of its brightest part
 MIN_CONTRAST = 0.12  # an Otsu threshold below this is noise in an empty picture
+MIN_INK = 0.2  # strokes that typically absorb less than this are the paper's grain and noise
 MASK_CELLS = 48  # components are found on a grid of this many cells (longer side)
 MIN_SHARE = 0.2  # a component with less of the ink than this share of the largest one is a speck...
 NEAR_SHARE = 0.04  # ...unless it lies within the largest one's box and holds at least this share
@@ -153,12 +155,14 @@ def _paper_ink(planes: list[np.ndarray]) -> np.ndarray:
     if float(absorbed.max()) <= INK_THRESHOLD:
         return np.zeros_like(absorbed)
     if small:  # a thumbnail: no noise to remove, and each grey level is part of the shape
-        return absorbed
+        return np.clip((absorbed - SMALL_FLOOR) / (1.0 - SMALL_FLOOR), 0.0, 1.0)
     threshold = max(_otsu(absorbed), MIN_CONTRAST)
     strokes = absorbed > threshold
     if not strokes.any():
         return np.zeros_like(absorbed)
     level = float(np.percentile(absorbed[strokes], 75))
+    if level < MIN_INK:  # what stands out is the paper's own grain, not a pen
+        return np.zeros_like(absorbed)
     low = 0.5 * threshold
     soft = np.clip((absorbed - low) / max(level - low, 1e-3), 0.0, 1.0)
     return soft * _significant(strokes, soft)
