@@ -77,18 +77,18 @@ def _reduced(image: Image.Image) -> Image.Image:
     return image
 
 
-def _ink(image: Image.Image) -> tuple[np.ndarray, bool]:
-    """Ink intensity in [0, 1] (1 = stroke), and whether the image already was white on black."""
+def _converted(image: Image.Image, mode: str) -> Image.Image:
     try:
-        return _ink_of_mode(image)
+        return image.convert(mode)
     except ValueError:  # e.g. LAB TIFFs, which Pillow cannot convert to greyscale or RGB
         raise InputError(f"has image mode {image.mode}, which cannot be read as a digit") from None
 
 
-def _ink_of_mode(image: Image.Image) -> tuple[np.ndarray, bool]:
+def _ink(image: Image.Image) -> tuple[np.ndarray, bool]:
+    """Ink intensity in [0, 1] (1 = stroke), and whether the image already was white on black."""
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
     if has_alpha:
-        alpha = np.asarray(image.convert("RGBA"), dtype=np.float32)[..., 3] / 255.0
+        alpha = np.asarray(_converted(image, "RGBA"), dtype=np.float32)[..., 3] / 255.0
         if alpha.min() < 1.0:  # a transparent background: what was painted is the ink
             return alpha, False
     planes = _planes(image)
@@ -109,11 +109,11 @@ def _planes(image: Image.Image) -> list[np.ndarray]:
     elif image.mode == "F":
         grey = np.nan_to_num(np.asarray(image, dtype=np.float32))
     elif image.mode in ("L", "1", "LA"):
-        grey_image = image if image.mode == "L" else image.convert("L")
+        grey_image = image if image.mode == "L" else _converted(image, "L")
         # frombuffer: Pillow's array interface costs more than the rest of a 28x28 decode
         grey = np.frombuffer(grey_image.tobytes(), np.uint8).reshape(grey_image.height, grey_image.width) / np.float32(255)
     else:
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        rgb = image if image.mode == "RGB" else _converted(image, "RGB")
         channels = np.frombuffer(rgb.tobytes(), np.uint8).reshape(rgb.height, rgb.width, 3) / np.float32(255)
         if np.array_equal(channels[..., 0], channels[..., 1]) and np.array_equal(channels[..., 0], channels[..., 2]):
             return [np.ascontiguousarray(channels[..., 0])]
@@ -148,14 +148,12 @@ NEAR_SHARE = 0.04  # ...unless it lies within the largest one's box and holds at
 def _paper_ink(planes: list[np.ndarray]) -> np.ndarray:
     """Dark ink on paper -> soft ink in [0, 1] on 0, only the digit's strokes."""
     planes = _unblocked(planes)
-    small = max(planes[0].shape) < SMALL_SIZE
+    if max(planes[0].shape) < SMALL_SIZE:
+        return _thumbnail_ink(planes)
     planes = _resized(planes)
-    absorbed = np.max([_absorption(plane) for plane in planes], axis=0)
-    absorbed = _denoised(absorbed)
+    absorbed = _denoised(np.max([_absorption(plane) for plane in planes], axis=0))
     if float(absorbed.max()) <= INK_THRESHOLD:
         return np.zeros_like(absorbed)
-    if small:  # a thumbnail: no noise to remove, and each grey level is part of the shape
-        return np.clip((absorbed - SMALL_FLOOR) / (1.0 - SMALL_FLOOR), 0.0, 1.0)
     threshold = max(_otsu(absorbed), MIN_CONTRAST)
     strokes = absorbed > threshold
     if not strokes.any():
@@ -166,6 +164,13 @@ def _paper_ink(planes: list[np.ndarray]) -> np.ndarray:
     low = 0.5 * threshold
     soft = np.clip((absorbed - low) / max(level - low, 1e-3), 0.0, 1.0)
     return soft * _significant(strokes, soft)
+
+
+def _thumbnail_ink(planes: list[np.ndarray]) -> np.ndarray:
+    """A thumbnail, enlarged smoothly: its background is even, and each grey level is part of the shape."""
+    planes = _resized(planes)
+    absorbed = np.max([1.0 - plane / max(float(plane.max()), 1e-3) for plane in planes], axis=0)
+    return np.clip((absorbed - SMALL_FLOOR) / (1.0 - SMALL_FLOOR), 0.0, 1.0)
 
 
 def _unblocked(planes: list[np.ndarray]) -> list[np.ndarray]:
@@ -192,7 +197,8 @@ def _resized(planes: list[np.ndarray]) -> list[np.ndarray]:
     else:
         return planes
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return [np.asarray(Image.fromarray(plane, mode="F").resize(size, method), dtype=np.float32) for plane in planes]
+    resized = (np.asarray(Image.fromarray(plane, mode="F").resize(size, method), dtype=np.float32) for plane in planes)
+    return [np.clip(plane, 0.0, 1.0) for plane in resized]  # bicubic overshoots at edges
 
 
 def _absorption(plane: np.ndarray) -> np.ndarray:
@@ -214,11 +220,22 @@ def _paper_brightness(plane: np.ndarray) -> np.ndarray:
     rows, cols = -(-height // cell), -(-width // cell)
     padded = np.pad(plane, ((0, rows * cell - height), (0, cols * cell - width)), mode="edge")
     blocks = padded.reshape(rows, cell, cols, cell).max(axis=(1, 3))
-    size = 2 * BACKGROUND_REACH + 1
-    coarse = Image.fromarray(np.ascontiguousarray(blocks), mode="F").filter(ImageFilter.MaxFilter(size)).filter(ImageFilter.MinFilter(size))
-    paper = np.asarray(coarse.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+    closed = _spread(_spread(blocks, BACKGROUND_REACH, np.maximum), BACKGROUND_REACH, np.minimum)
+    paper = np.asarray(Image.fromarray(closed, mode="F").resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
     floor = LIGHT_FLOOR * float(blocks.max())
     return np.maximum(paper, max(floor, 1e-3))
+
+
+def _spread(values: np.ndarray, reach: int, extreme: np.ufunc) -> np.ndarray:
+    """A square max or min filter reaching ``reach`` cells each way (edges repeated), as two 1-D passes."""
+    result = np.ascontiguousarray(values, dtype=np.float32)
+    for axis in (0, 1):
+        length = result.shape[axis]
+        padded = np.pad(result, [(reach, reach) if a == axis else (0, 0) for a in (0, 1)], mode="edge")
+        result = padded.take(range(length), axis=axis)
+        for offset in range(1, 2 * reach + 1):
+            extreme(result, padded.take(range(offset, offset + length), axis=axis), out=result)
+    return result
 
 
 def _denoised(absorbed: np.ndarray) -> np.ndarray:
