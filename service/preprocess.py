@@ -21,6 +21,7 @@ SIZE = 28
 BOX = 20
 INK_THRESHOLD = 0.05  # weaker than this (on a 0-1 scale) is background noise, not ink
 EXIF_FORMATS = ("JPEG", "WEBP", "TIFF")  # where an orientation tag is common; PNG says so in info
+COLOUR_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "P", "PA", "CMYK", "YCbCr")  # read per channel: coloured ink
 WORKING_SIZE = 1024  # larger images are first reduced to this: the digit ends up 20 px anyway
 
 
@@ -108,7 +109,7 @@ def _planes(image: Image.Image) -> list[np.ndarray]:
         grey = values / (65535.0 if values.max() > 255 else 255.0)
     elif image.mode == "F":
         grey = np.nan_to_num(np.asarray(image, dtype=np.float32))
-    elif image.mode in ("L", "1", "LA"):
+    elif image.mode not in COLOUR_MODES:  # L, 1, LA, ...; and modes Pillow cannot read as light (LAB): refused
         grey_image = image if image.mode == "L" else _converted(image, "L")
         # frombuffer: Pillow's array interface costs more than the rest of a 28x28 decode
         grey = np.frombuffer(grey_image.tobytes(), np.uint8).reshape(grey_image.height, grey_image.width) / np.float32(255)
