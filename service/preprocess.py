@@ -92,6 +92,9 @@ def _ink(image: Image.Image) -> tuple[np.ndarray, bool]:
         alpha = np.asarray(_converted(image, "RGBA"), dtype=np.float32)[..., 3] / 255.0
         if alpha.min() < 1.0:  # a transparent background: what was painted is the ink
             return alpha, False
+    if max(image.size) > PROCESS_SIZE and image.mode in ("L", "RGB"):  # a photo: 8-bit reduction is the cheapest
+        scale = PROCESS_SIZE / max(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BOX)
     planes = _planes(image)
     grey = planes[0] if len(planes) == 1 else np.mean(planes, axis=0)
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
@@ -133,7 +136,7 @@ def _planes(image: Image.Image) -> list[np.ndarray]:
 # the digit are dropped. What is kept is soft: the ink's absorption, stretched so that the
 # ink's typical value is 1, with anti-aliased edges, as MNIST's strokes are.
 
-PROCESS_SIZE = 512  # larger pictures are reduced to this first: the digit ends up 20 px anyway
+PROCESS_SIZE = 256  # larger pictures are reduced to this first: the digit ends up 20 px anyway
 SMALL_SIZE = 64  # smaller pictures are enlarged smoothly to at least this, so that pixels become strokes
 SMALL_FLOOR = 0.03  # enlarging a thumbnail smoothly rings faintly around its strokes; less is not ink
 BACKGROUND_CELLS = 32  # the paper's brightness is estimated on a grid of this many cells (longer side)
@@ -152,18 +155,19 @@ def _paper_ink(planes: list[np.ndarray]) -> np.ndarray:
     if max(planes[0].shape) < SMALL_SIZE:
         return _thumbnail_ink(planes)
     planes = _resized(planes)
-    absorbed = _denoised(np.max([_absorption(plane) for plane in planes], axis=0))
-    if float(absorbed.max()) <= INK_THRESHOLD:
-        return np.zeros_like(absorbed)
-    threshold = max(_otsu(absorbed), MIN_CONTRAST)
-    strokes = absorbed > threshold
-    if not strokes.any():
-        return np.zeros_like(absorbed)
-    level = float(np.percentile(absorbed[strokes], 75))
+    eight_bit = _denoised(np.max([_absorption(plane) for plane in planes], axis=0))
+    values = np.asarray(eight_bit)
+    cut = max(_otsu(eight_bit.histogram()), int(MIN_CONTRAST * 255))
+    strokes = values > cut
+    count = int(np.count_nonzero(strokes))
+    if count == 0:
+        return np.zeros(values.shape, np.float32)
+    rank = (3 * (count - 1)) // 4
+    level = float(np.partition(values[strokes], rank)[rank]) / 255.0  # the strokes' upper quartile
     if level < MIN_INK:  # what stands out is the paper's own grain, not a pen
-        return np.zeros_like(absorbed)
-    low = 0.5 * threshold
-    soft = np.clip((absorbed - low) / max(level - low, 1e-3), 0.0, 1.0)
+        return np.zeros(values.shape, np.float32)
+    low = 0.5 * (cut + 0.5) / 255.0
+    soft = np.clip((values * np.float32(1 / 255) - low) / max(level - low, 1e-3), 0.0, 1.0)
     return soft * _significant(strokes, soft)
 
 
@@ -218,56 +222,68 @@ def _paper_brightness(plane: np.ndarray) -> np.ndarray:
     """
     height, width = plane.shape
     cell = max(1, int(np.ceil(max(height, width) / BACKGROUND_CELLS)))
-    rows, cols = -(-height // cell), -(-width // cell)
-    padded = np.pad(plane, ((0, rows * cell - height), (0, cols * cell - width)), mode="edge")
-    blocks = padded.reshape(rows, cell, cols, cell).max(axis=(1, 3))
+    blocks = _block_max(plane, cell)
     closed = _spread(_spread(blocks, BACKGROUND_REACH, np.maximum), BACKGROUND_REACH, np.minimum)
     paper = np.asarray(Image.fromarray(closed, mode="F").resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
     floor = LIGHT_FLOOR * float(blocks.max())
     return np.maximum(paper, max(floor, 1e-3))
 
 
+def _block_max(plane: np.ndarray, cell: int) -> np.ndarray:
+    """The maximum of each ``cell`` x ``cell`` block (edges repeated to whole blocks)."""
+    height, width = plane.shape
+    rows, cols = -(-height // cell), -(-width // cell)
+    if rows * cell != height or cols * cell != width:
+        plane = np.pad(plane, ((0, rows * cell - height), (0, cols * cell - width)), mode="edge")
+    by_rows = plane[0::cell].copy()  # strided slices: far faster than a reduction over a 4-D view
+    for offset in range(1, cell):
+        np.maximum(by_rows, plane[offset::cell], out=by_rows)
+    blocks = by_rows[:, 0::cell].copy()
+    for offset in range(1, cell):
+        np.maximum(blocks, by_rows[:, offset::cell], out=blocks)
+    return blocks
+
+
 def _spread(values: np.ndarray, reach: int, extreme: np.ufunc) -> np.ndarray:
     """A square max or min filter reaching ``reach`` cells each way (edges repeated), as two 1-D passes."""
-    result = np.ascontiguousarray(values, dtype=np.float32)
-    for axis in (0, 1):
-        length = result.shape[axis]
-        padded = np.pad(result, [(reach, reach) if a == axis else (0, 0) for a in (0, 1)], mode="edge")
-        result = padded.take(range(length), axis=axis)
-        for offset in range(1, 2 * reach + 1):
-            extreme(result, padded.take(range(offset, offset + length), axis=axis), out=result)
+    height, width = values.shape
+    rows = np.pad(values, ((reach, reach), (0, 0)), mode="edge")
+    result = rows[:height].copy()
+    for offset in range(1, 2 * reach + 1):
+        extreme(result, rows[offset : offset + height], out=result)
+    cols = np.pad(result, ((0, 0), (reach, reach)), mode="edge")
+    result = cols[:, :width].copy()
+    for offset in range(1, 2 * reach + 1):
+        extreme(result, cols[:, offset : offset + width], out=result)
     return result
 
 
-def _denoised(absorbed: np.ndarray) -> np.ndarray:
-    """A Gaussian blur of about one pixel: sensor noise and JPEG ringing, not strokes, vanish."""
-    if max(absorbed.shape) < 2 * SMALL_SIZE:
-        return absorbed
+def _denoised(absorbed: np.ndarray) -> Image.Image:
+    """8 bits of absorption, blurred by a pixel: sensor noise and JPEG ringing, not strokes, vanish."""
     eight_bit = Image.fromarray(np.rint(absorbed * 255).astype(np.uint8), mode="L")
-    return np.asarray(eight_bit.filter(ImageFilter.GaussianBlur(1.0)), dtype=np.float32) / 255.0
+    if max(absorbed.shape) < 2 * SMALL_SIZE:
+        return eight_bit
+    return eight_bit.filter(ImageFilter.BoxBlur(1))
 
 
-def _otsu(values: np.ndarray) -> float:
-    """Otsu's threshold of values in [0, 1] (256 bins): the cut that best separates two classes."""
-    counts = np.bincount(np.minimum((values * 255).astype(np.int64).ravel(), 255), minlength=256).astype(np.float64)
+def _otsu(histogram: list[int]) -> int:
+    """Otsu's threshold of a 256-bin histogram: the level k for which ``<= k`` and ``> k`` separate best."""
+    counts = np.asarray(histogram, dtype=np.float64)
     levels = np.arange(256, dtype=np.float64)
     weight = np.cumsum(counts)
     mass = np.cumsum(counts * levels)
     total, total_mass = weight[-1], mass[-1]
     with np.errstate(divide="ignore", invalid="ignore"):
         between = (total_mass * weight - total * mass) ** 2 / (weight * (total - weight))
-    between = np.nan_to_num(between[:-1], nan=0.0, posinf=0.0)
-    return (float(np.argmax(between)) + 0.5) / 255.0
+    return int(np.argmax(np.nan_to_num(between[:-1], nan=0.0, posinf=0.0)))
 
 
 def _significant(strokes: np.ndarray, soft: np.ndarray) -> np.ndarray:
     """1 where the ink belongs to the digit, 0 on specks: components on a coarse grid."""
     height, width = strokes.shape
     cell = max(1, int(np.ceil(max(height, width) / MASK_CELLS)))
-    rows, cols = -(-height // cell), -(-width // cell)
-    pad = ((0, rows * cell - height), (0, cols * cell - width))
-    occupied = np.asarray(np.pad(strokes, pad).reshape(rows, cell, cols, cell).any(axis=(1, 3)))
-    mass = np.pad(soft, pad).reshape(rows, cell, cols, cell).sum(axis=(1, 3))
+    occupied = _block_max(strokes, cell)
+    mass = np.asarray(Image.fromarray(soft, mode="F").reduce(cell), dtype=np.float32)  # block means: shares are what count
     labels = _components(occupied)
     count = int(labels.max()) + 1
     masses = np.bincount(labels.ravel(), weights=mass.ravel(), minlength=count)
@@ -276,9 +292,9 @@ def _significant(strokes: np.ndarray, soft: np.ndarray) -> np.ndarray:
     keep = masses >= MIN_SHARE * masses[largest]
     keep |= _near(labels, largest, count) & (masses >= NEAR_SHARE * masses[largest])
     keep[0] = False
-    cells = Image.fromarray(keep[labels].astype(np.uint8) * 255, mode="L").filter(ImageFilter.MaxFilter(3))  # the strokes' soft edges
-    kept = np.asarray(cells, dtype=np.float32) / 255.0
-    return np.repeat(np.repeat(kept, cell, axis=0), cell, axis=1)[:height, :width]
+    cells = Image.fromarray(keep[labels].astype(np.uint8), mode="L").filter(ImageFilter.MaxFilter(3))  # the strokes' soft edges
+    rows, cols = labels.shape
+    return np.asarray(cells.resize((cols * cell, rows * cell), Image.Resampling.NEAREST), dtype=np.float32)[:height, :width]
 
 
 def _near(labels: np.ndarray, largest: int, count: int) -> np.ndarray:
