@@ -170,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--server-dir", type=Path, default=ROOT, help="the checkout whose `python -m service` is started")
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"), help="MNIST in torchvision's layout")
     parser.add_argument("--split", choices=["test", "train"], default="test", help="digits to render; train only for tuning")
-    parser.add_argument("--per-style", type=int, default=500, help="digits rendered in every style")
+    parser.add_argument("--per-style", type=int, default=1000, help="digits rendered in every style")
     parser.add_argument("--styles", nargs="+", choices=sorted(corpus.STYLES), help="default: every registered style")
     parser.add_argument("--model", default="ensemble")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,10 +1,12 @@
 """Turn an uploaded image file into what the networks were trained on.
 
 MNIST digits are white on black, fitted into a 20x20 box with anti-aliasing, and placed
-in 28x28 by their centre of mass. A canvas drawing or a photo of paper is brought to the
-same form: alpha or inverted luminance becomes ink, the ink is cropped, scaled and
-centred. A 28x28 image that already is white on black passes through untouched, so MNIST
-itself is served exactly as the models were evaluated.
+in 28x28 by their centre of mass. A 28x28 image that already is white on black passes
+through untouched, so MNIST itself is served exactly as the models were evaluated. A
+canvas drawing's alpha is its ink. Anything else is dark ink on paper as a camera or a
+scanner delivers it: the paper's uneven light is divided out, the ink found by a threshold
+between this picture's own paper and ink, specks dropped, and the ink kept soft; then the
+digit is cropped, scaled and centred as MNIST's were.
 """
 
 import io
