@@ -26,7 +26,7 @@ lint: $(BIN)/.installed-dev
 	$(BIN)/ruff format --check .
 
 typecheck: $(BIN)/.installed-dev
-	$(BIN)/mypy models service bench tests client/digits_client
+	$(BIN)/mypy models service bench evaluation tests client/digits_client
 
 # The browser test drives Debian's chromium; as root on Debian it is installed here.
 CHROMIUM ?= /usr/bin/chromium
@@ -51,6 +51,7 @@ train: $(BIN)/.installed-dev
 
 evaluate: $(BIN)/.installed-dev
 	$(BIN)/python -m models.evaluate --data-dir $(DATA_DIR) --no-download
+	$(BIN)/python -m evaluation.realworld --data-dir $(DATA_DIR) --out evaluation/results/realworld.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -1,11 +1,13 @@
 """Preprocessing on synthetic images: every real-world form becomes an MNIST-like digit."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
+from evaluation import corpus, mnist
 from service.errors import InputError
 from service.preprocess import decode_image, to_mnist
 from tests.conftest import encode_image, stroke_digit_one
@@ -29,6 +31,21 @@ def assert_mnist_like(result: np.ndarray) -> None:
     rows, cols = np.indices(result.shape)
     com = ((rows * result).sum() / result.sum(), (cols * result).sum() / result.sum())
     assert com == pytest.approx((13.5, 13.5), abs=1.0)
+
+
+def blurred(image: np.ndarray) -> np.ndarray:
+    eight_bit = Image.fromarray(np.rint(image * 255).astype(np.uint8))
+    return np.asarray(eight_bit.filter(ImageFilter.GaussianBlur(1)), dtype=np.float32)
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of two 28x28 digits blurred by a pixel, at the best shift of at most one pixel.
+
+    Centring by mass rounds to whole pixels, and pen widths differ: neither changes the digit.
+    """
+    first, second = blurred(a), blurred(b)
+    shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    return max(float(np.corrcoef(np.roll(first, shift, axis=(0, 1)).ravel(), second.ravel())[0, 1]) for shift in shifts)
 
 
 def reference_one() -> np.ndarray:
@@ -57,7 +74,7 @@ def test_rgba_canvas_uses_alpha_as_ink() -> None:
     rgba[..., 3] = stroke_digit_one(200, thickness=20)  # strokes painted black, opaque
     result = prepared(encode_image(Image.fromarray(rgba, mode="RGBA")))
     assert_mnist_like(result)
-    np.testing.assert_allclose(result, reference_one(), atol=1e-5)
+    assert similarity(result, reference_one()) > 0.99  # paper is denoised by a pixel's blur, alpha is taken as it is
 
 
 def test_huge_canvas_with_small_off_centre_digit() -> None:
@@ -149,3 +166,101 @@ def test_animated_gif_uses_its_first_frame() -> None:
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
     assert_mnist_like(prepared(buffer.getvalue()))
+
+
+# --- the real-world corpus: every style comes back as its MNIST original ---------------------
+
+# Mean similarity of a style's rendering, preprocessed, to the MNIST original: paper, scans and
+# canvases keep the shape (0.97-0.99 on these digits; thresholding the raw inverted grey and
+# cropping the whole picture gave 0.45-0.63 on paper); thumbnails of 8 or 16 px have lost detail
+# that no preprocessing restores (0.80-0.96).
+SIMILAR = {"paper": 0.95, "scan": 0.95, "canvas": 0.95, "low-resolution": 0.7}
+DEV_DIGITS = 6  # training digits: the corpus reported renders test digits
+
+
+@pytest.fixture(scope="module")
+def dev_digits(data_dir: Path) -> mnist.Digits:
+    train = mnist.load(data_dir, train=True)
+    return mnist.Digits(train.images[:DEV_DIGITS], train.labels[:DEV_DIGITS])
+
+
+@pytest.mark.parametrize("style", sorted(corpus.STYLES))
+def test_every_style_preprocesses_into_its_mnist_original(style: str, dev_digits: mnist.Digits) -> None:
+    scores = []
+    for index, digit in enumerate(dev_digits.images):
+        result = prepared(corpus.render(style, digit, seed=0, index=index))
+        assert result.shape == (28, 28) and result.dtype == np.float32 and 0.0 <= result.min() <= result.max() <= 1.0
+        scores.append(similarity(result, digit.astype(np.float32) / 255))
+    assert np.mean(scores) >= SIMILAR[corpus.STYLES[style].family], [round(s, 3) for s in scores]
+
+
+def test_the_corpus_is_deterministic_per_seed(dev_digits: mnist.Digits) -> None:
+    digit = dev_digits.images[0]
+    for style in corpus.STYLES:
+        assert corpus.render(style, digit, seed=3, index=7) == corpus.render(style, digit, seed=3, index=7), style
+    photos = [style for style, entry in corpus.STYLES.items() if entry.family == "paper"]
+    assert all(corpus.render(s, digit, seed=3, index=7) != corpus.render(s, digit, seed=4, index=7) for s in photos)
+    assert all(corpus.render(s, digit, seed=3, index=7) != corpus.render(s, digit, seed=3, index=8) for s in photos)
+
+
+def test_styles_are_a_registry() -> None:
+    style = corpus.register("test-grey-square", "paper", lambda digit, rng: encode_image(Image.fromarray(digit)), "a test style")
+    try:
+        assert corpus.STYLES["test-grey-square"] is style
+        with pytest.raises(ValueError, match="already registered"):
+            corpus.register("test-grey-square", "paper", style.render, "twice")
+    finally:
+        del corpus.STYLES["test-grey-square"]
+
+
+def paper(shade: int, size: int = 300, *, seed: int = 0) -> np.ndarray:
+    """Grey paper with sensor noise and light falling off to one side, no digit."""
+    rng = np.random.default_rng(seed)
+    light = np.linspace(1.0, 0.75, size, dtype=np.float32)[None, :]
+    return np.clip(shade * light + rng.normal(0, 4, (size, size)), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("shade", [180, 210, 240])
+def test_a_photo_of_blank_paper_is_blank(shade: int) -> None:
+    with pytest.raises(InputError, match="blank") as info:
+        prepared(encode_image(Image.fromarray(paper(shade)).convert("RGB"), "JPEG", quality=70))
+    assert info.value.status_code == 422
+
+
+def test_dark_ink_on_grey_unevenly_lit_paper_reads_as_on_white() -> None:
+    page = paper(190).astype(np.float32)
+    page[stroke_digit_one(300, thickness=30) > 0] *= 0.15  # a "1" in black pen
+    result = prepared(encode_image(Image.fromarray(page.astype(np.uint8)), "JPEG", quality=75))
+    assert_mnist_like(result)
+    assert similarity(result, reference_one()) > 0.97
+
+
+def test_coloured_ink_counts_by_its_darkest_channel() -> None:
+    page = np.full((200, 200, 3), 235, np.uint8)
+    page[stroke_digit_one(200, thickness=20) > 0] = (40, 60, 170)  # blue ink: light in blue, dark in red
+    assert similarity(prepared(encode_image(Image.fromarray(page))), reference_one()) > 0.97
+
+
+def test_specks_beside_the_digit_are_ignored() -> None:
+    page = np.full((300, 300), 230, np.uint8)
+    page[100:200, 140:152] = 20  # the digit
+    page[10:13, 10:13] = 40  # dust in a corner
+    page[280:284, 270:273] = 60
+    result = prepared(encode_image(Image.fromarray(page)))
+    assert_mnist_like(result)
+    ys, _ = np.nonzero(result > 0.05)
+    assert ys.max() - ys.min() + 1 == 20  # the digit alone fills the 20 px box
+
+
+def test_a_pixel_repeated_enlargement_reads_as_its_source() -> None:
+    small = (255 - stroke_digit_one(16, thickness=2)).astype(np.uint8)
+    blocky = np.repeat(np.repeat(small, 9, axis=0), 9, axis=1)
+    np.testing.assert_array_equal(prepared(encode_image(Image.fromarray(blocky))), prepared(encode_image(Image.fromarray(small))))
+
+
+@pytest.mark.parametrize("side", [8, 16])
+def test_tiny_sources_are_enlarged_smoothly(side: int) -> None:
+    result = prepared(encode_image(Image.fromarray(stroke_digit_one(side, thickness=max(1, side // 8)))))
+    assert_mnist_like(result)
+    levels = np.unique(np.round(result[result > 0], 2))
+    assert levels.size > 10  # anti-aliased, not blocks of one grey

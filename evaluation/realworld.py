@@ -1,0 +1,224 @@
+"""Score the real-world corpus through the running HTTP service, per style.
+
+    python -m evaluation.realworld                      # starts `python -m service` itself, full corpus
+    python -m evaluation.realworld --url http://host:8000 --per-style 100 --model resnet
+    python -m evaluation.realworld --server-dir /tmp/other-checkout --out other.json
+
+The corpus (``evaluation.corpus``) renders the same MNIST *test* digits (a seeded sample of
+``--per-style`` of them) in every style. Each image goes to ``POST /predict`` as a multipart
+``files`` part, in batches, exactly as a client sends it; a batch the server refuses (one
+image read as blank) is sent again image by image, so that one refusal costs one error.
+Without ``--url`` the server runs from ``--server-dir`` (default: this checkout) on a free
+loopback port in a process group of its own, which is ended afterwards, whatever happens.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from evaluation import corpus, mnist
+
+__all__ = ["StyleScore", "main", "score_style", "serve"]
+
+ROOT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
+FORMATS = {b"\x89PNG": ("png", "image/png"), b"\xff\xd8\xff": ("jpg", "image/jpeg")}
+
+
+@dataclass(frozen=True)
+class StyleScore:
+    """How one style fared: ``predicted`` holds -1 where the server refused the image."""
+
+    style: str
+    family: str
+    images: int
+    correct: int
+    target: float
+    predicted: list[int]
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.images if self.images else 0.0
+
+    @property
+    def errors(self) -> int:
+        return self.images - self.correct
+
+    @property
+    def met(self) -> bool:
+        return self.accuracy >= self.target
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve(server_dir: Path, log_path: Path) -> Iterator[str]:
+    """``python -m service`` from ``server_dir`` on a free loopback port, ready; yields its URL."""
+    port = free_port()
+    environment = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port)}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=server_dir, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, process, log_path)
+        yield url
+    finally:
+        _stop_group(process)
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}; its log is {log_path}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"the server was not ready within {READY_TIMEOUT_S:.0f} s; its log is {log_path}")
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server's process group, SIGKILL if it outlives the grace period."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _part(style: str, index: int, data: bytes) -> tuple[str, tuple[str, bytes, str]]:
+    extension, content_type = next((kind for magic, kind in FORMATS.items() if data.startswith(magic)), ("bin", "application/octet-stream"))
+    return ("files", (f"{style}-{index}.{extension}", data, content_type))
+
+
+def predict(http: httpx.Client, model: str, parts: list[tuple[str, tuple[str, bytes, str]]]) -> list[int]:
+    """Labels for a batch of parts; -1 for an image the server refuses (e.g. read as blank)."""
+    response = http.post("/predict", params={"model": model}, files=parts)
+    if response.status_code == 200:
+        return [int(p["label"]) for p in response.json()["predictions"]]
+    if response.status_code not in (413, 422) or len(parts) == 1:
+        if 400 <= response.status_code < 500:
+            return [-1] * len(parts)
+        response.raise_for_status()
+    return [label for part in parts for label in predict(http, model, [part])]
+
+
+def score_style(http: httpx.Client, style: str, digits: mnist.Digits, *, model: str, seed: int, batch: int) -> StyleScore:
+    """Render every digit in ``style``, send them in batches, count the right labels."""
+    predicted: list[int] = []
+    parts = [_part(style, i, data) for i, data in enumerate(corpus.iter_rendered(style, digits.images, seed))]
+    for start in range(0, len(parts), batch):
+        predicted.extend(predict(http, model, parts[start : start + batch]))
+    correct = int(np.count_nonzero(np.asarray(predicted) == digits.labels))
+    entry = corpus.STYLES[style]
+    return StyleScore(style, entry.family, len(parts), correct, corpus.TARGETS[entry.family], predicted)
+
+
+def sample(digits: mnist.Digits, count: int, seed: int) -> tuple[mnist.Digits, np.ndarray]:
+    """The same ``count`` digits for every style: a seeded sample without replacement."""
+    index = np.sort(np.random.default_rng(seed).permutation(len(digits))[:count])
+    return mnist.Digits(digits.images[index], digits.labels[index]), index
+
+
+def table(scores: list[StyleScore]) -> str:
+    """The per-style accuracy table as Markdown."""
+    lines = ["| style | family | images | accuracy | errors | target | met |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for s in scores:
+        lines.append(
+            f"| `{s.style}` | {s.family} | {s.images} | {s.accuracy:.2%} | {s.errors} | {s.target:.0%} | {'yes' if s.met else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def _errors(score: StyleScore, digits: mnist.Digits, index: np.ndarray) -> list[str]:
+    """``"MNIST index: true label -> predicted label"`` for every wrong answer (-1: refused)."""
+    wrong = np.flatnonzero(np.asarray(score.predicted) != digits.labels)
+    return [f"{int(index[i])}: {int(digits.labels[i])} -> {score.predicted[i]}" for i in wrong]
+
+
+def _model_weights(http: httpx.Client) -> dict[str, str | None]:
+    info = http.get("/model-info").json()
+    return {m["name"]: m["weights"]["sha256"] for m in info["models"]}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="a running server; without it `python -m service` is started from --server-dir")
+    parser.add_argument("--server-dir", type=Path, default=ROOT, help="the checkout whose `python -m service` is started")
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"), help="MNIST in torchvision's layout")
+    parser.add_argument("--split", choices=["test", "train"], default="test", help="digits to render; train only for tuning")
+    parser.add_argument("--per-style", type=int, default=1000, help="digits rendered in every style")
+    parser.add_argument("--styles", nargs="+", choices=sorted(corpus.STYLES), help="default: every registered style")
+    parser.add_argument("--model", default="ensemble")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=64, help="images per request")
+    parser.add_argument("--out", type=Path, help="write the result as JSON here")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a style misses its target")
+    return parser
+
+
+def run(args: argparse.Namespace, url: str) -> tuple[list[StyleScore], dict[str, object]]:
+    """Score every chosen style against the server at ``url``; the scores and the JSON-ready result."""
+    digits, index = sample(mnist.load(args.data_dir, train=args.split == "train"), args.per_style, args.seed)
+    started = time.perf_counter()
+    scores = []
+    with httpx.Client(base_url=url, timeout=120) as http:
+        weights = _model_weights(http)
+        for style in args.styles or list(corpus.STYLES):
+            scores.append(score_style(http, style, digits, model=args.model, seed=args.seed, batch=args.batch))
+            s = scores[-1]
+            print(f"{s.style:20s} {s.accuracy:8.2%} {s.errors:5d} errors", file=sys.stderr, flush=True)
+    return scores, {
+        "command": "python -m evaluation.realworld " + " ".join(sys.argv[1:]),
+        "model": args.model,
+        "split": args.split,
+        "seed": args.seed,
+        "per_style": args.per_style,
+        "weights_sha256": weights,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "styles": [{**{k: v for k, v in asdict(s).items() if k != "predicted"}, "accuracy": s.accuracy, "met": s.met} for s in scores],
+        "errors": {s.style: _errors(s, digits, index) for s in scores},
+        "table": table(scores),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.url:
+        scores, result = run(args, args.url.rstrip("/"))
+    else:
+        log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"realworld-server-{os.getpid()}.log"
+        with serve(args.server_dir.resolve(), log_path) as url:
+            scores, result = run(args, url)
+    print(table(scores))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return 1 if args.strict and not all(s.met for s in scores) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
