@@ -14,6 +14,7 @@ loopback port in a process group of its own, which is ended afterwards, whatever
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import signal
@@ -29,6 +30,7 @@ import httpx
 import numpy as np
 
 from evaluation import corpus, mnist
+from models import nondigits
 
 __all__ = ["StyleScore", "main", "score_style", "serve"]
 
@@ -40,7 +42,8 @@ FORMATS = {b"\x89PNG": ("png", "image/png"), b"\xff\xd8\xff": ("jpg", "image/jpe
 
 @dataclass(frozen=True)
 class StyleScore:
-    """How one style fared: ``predicted`` holds -1 where the server refused the image."""
+    """How one style fared: ``predicted`` holds -1 where the server refused the image;
+    ``not_digit`` counts the images the server answered with ``is_digit: false``."""
 
     style: str
     family: str
@@ -48,6 +51,7 @@ class StyleScore:
     correct: int
     target: float
     predicted: list[int]
+    not_digit: int = 0
 
     @property
     def accuracy(self) -> float:
@@ -114,27 +118,54 @@ def _part(style: str, index: int, data: bytes) -> tuple[str, tuple[str, bytes, s
     return ("files", (f"{style}-{index}.{extension}", data, content_type))
 
 
-def predict(http: httpx.Client, model: str, parts: list[tuple[str, tuple[str, bytes, str]]]) -> list[int]:
-    """Labels for a batch of parts; -1 for an image the server refuses (e.g. read as blank)."""
+Answer = tuple[int, bool]  # label (-1: refused), is_digit
+
+
+def predict(http: httpx.Client, model: str, parts: list[tuple[str, tuple[str, bytes, str]]]) -> list[Answer]:
+    """(label, is_digit) for a batch of parts; (-1, False) for an image the server refuses (e.g. read as blank)."""
     response = http.post("/predict", params={"model": model}, files=parts)
     if response.status_code == 200:
-        return [int(p["label"]) for p in response.json()["predictions"]]
+        return [(int(p["label"]), bool(p["is_digit"])) for p in response.json()["predictions"]]
     if response.status_code not in (413, 422) or len(parts) == 1:
         if 400 <= response.status_code < 500:
-            return [-1] * len(parts)
+            return [(-1, False)] * len(parts)
         response.raise_for_status()
-    return [label for part in parts for label in predict(http, model, [part])]
+    return [answer for part in parts for answer in predict(http, model, [part])]
+
+
+def _predict_all(http: httpx.Client, model: str, parts: list[tuple[str, tuple[str, bytes, str]]], batch: int) -> list[Answer]:
+    return [answer for start in range(0, len(parts), batch) for answer in predict(http, model, parts[start : start + batch])]
 
 
 def score_style(http: httpx.Client, style: str, digits: mnist.Digits, *, model: str, seed: int, batch: int) -> StyleScore:
     """Render every digit in ``style``, send them in batches, count the right labels."""
-    predicted: list[int] = []
     parts = [_part(style, i, data) for i, data in enumerate(corpus.iter_rendered(style, digits.images, seed))]
-    for start in range(0, len(parts), batch):
-        predicted.extend(predict(http, model, parts[start : start + batch]))
+    answers = _predict_all(http, model, parts, batch)
+    predicted = [label for label, _ in answers]
     correct = int(np.count_nonzero(np.asarray(predicted) == digits.labels))
     entry = corpus.STYLES[style]
-    return StyleScore(style, entry.family, len(parts), correct, corpus.TARGETS[entry.family], predicted)
+    not_digit = sum(not digit for _, digit in answers)
+    return StyleScore(style, entry.family, len(parts), correct, corpus.TARGETS[entry.family], predicted, not_digit)
+
+
+def score_non_digits(http: httpx.Client, per_kind: int, *, model: str, batch: int) -> dict[str, dict[str, float]]:
+    """Synthetic non-digits of every kind (``models.nondigits``, its evaluation seed, never fitted on),
+    rendered at their own size and sent as PNG files: the share the server calls not a digit."""
+    rng = np.random.default_rng(nondigits.EVALUATION_SEED)
+    rates: dict[str, dict[str, float]] = {}
+    for kind in nondigits.KINDS:
+        parts = []
+        for i in range(per_kind):
+            buffer = io.BytesIO()
+            nondigits.render_kind(kind, rng).save(buffer, format="PNG")
+            parts.append(_part(f"non-digit-{kind}", i, buffer.getvalue()))
+        answers = _predict_all(http, model, parts, batch)
+        rates[kind] = {
+            "images": per_kind,
+            "called_not_a_digit": sum(not digit for _, digit in answers) / per_kind,
+            "refused_as_blank": sum(label == -1 for label, _ in answers) / per_kind,
+        }
+    return rates
 
 
 def sample(digits: mnist.Digits, count: int, seed: int) -> tuple[mnist.Digits, np.ndarray]:
@@ -145,12 +176,24 @@ def sample(digits: mnist.Digits, count: int, seed: int) -> tuple[mnist.Digits, n
 
 def table(scores: list[StyleScore]) -> str:
     """The per-style accuracy table as Markdown."""
-    lines = ["| style | family | images | accuracy | errors | target | met |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| style | family | images | accuracy | errors | target | met | called not a digit |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for s in scores:
         lines.append(
-            f"| `{s.style}` | {s.family} | {s.images} | {s.accuracy:.2%} | {s.errors} | {s.target:.0%} | {'yes' if s.met else 'no'} |"
+            f"| `{s.style}` | {s.family} | {s.images} | {s.accuracy:.2%} | {s.errors} | {s.target:.0%} | {'yes' if s.met else 'no'} "
+            f"| {s.not_digit / s.images:.1%} |"
         )
     return "\n".join(lines)
+
+
+def non_digit_table(rates: dict[str, dict[str, float]]) -> str:
+    lines = ["| non-digit kind | images | called not a digit |", "| --- | --- | --- |"]
+    lines += [f"| {kind} | {r['images']:.0f} | {r['called_not_a_digit']:.1%} |" for kind, r in rates.items()]
+    total = sum(r["images"] for r in rates.values())
+    overall = sum(r["called_not_a_digit"] * r["images"] for r in rates.values()) / total
+    return "\n".join([*lines, f"| **all** | {total:.0f} | **{overall:.1%}** (target >= 95%) |"])
 
 
 def _errors(score: StyleScore, digits: mnist.Digits, index: np.ndarray) -> list[str]:
@@ -175,6 +218,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="ensemble")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=64, help="images per request")
+    parser.add_argument("--non-digits-per-kind", type=int, default=125, help="synthetic non-digits of each kind (0: none)")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a style misses its target")
     return parser
@@ -191,6 +235,8 @@ def run(args: argparse.Namespace, url: str) -> tuple[list[StyleScore], dict[str,
             scores.append(score_style(http, style, digits, model=args.model, seed=args.seed, batch=args.batch))
             s = scores[-1]
             print(f"{s.style:20s} {s.accuracy:8.2%} {s.errors:5d} errors", file=sys.stderr, flush=True)
+        rates = score_non_digits(http, args.non_digits_per_kind, model=args.model, batch=args.batch) if args.non_digits_per_kind else {}
+    digit_images = sum(s.images for s in scores)
     return scores, {
         "command": "python -m evaluation.realworld " + " ".join(sys.argv[1:]),
         "model": args.model,
@@ -202,6 +248,9 @@ def run(args: argparse.Namespace, url: str) -> tuple[list[StyleScore], dict[str,
         "styles": [{**{k: v for k, v in asdict(s).items() if k != "predicted"}, "accuracy": s.accuracy, "met": s.met} for s in scores],
         "errors": {s.style: _errors(s, digits, index) for s in scores},
         "table": table(scores),
+        "digits_called_not_a_digit": sum(s.not_digit for s in scores) / digit_images if digit_images else None,
+        "non_digits": rates,
+        "non_digit_table": non_digit_table(rates) if rates else None,
     }
 
 
@@ -214,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         with serve(args.server_dir.resolve(), log_path) as url:
             scores, result = run(args, url)
     print(table(scores))
+    if result["digits_called_not_a_digit"] is not None:
+        print(f"\nreal-world digit images called not a digit: {result['digits_called_not_a_digit']:.2%} (target <= 2%)")
+    if result["non_digit_table"]:
+        print("\n" + str(result["non_digit_table"]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -30,10 +30,18 @@ def test_every_style_reads_through_http(live_server: LiveServer, test_digits: mn
     low = [(s.style, s.accuracy) for s in scores if s.accuracy < BOUNDS[s.family]]
     assert not low, realworld.table(scores)
     assert all(label >= 0 for s in scores for label in s.predicted), "an image was refused (read as blank)"
+    assert sum(s.not_digit for s in scores) <= 0.05 * sum(s.images for s in scores), realworld.table(scores)
 
 
 def test_a_refused_image_costs_one_error(live_server: LiveServer) -> None:
     blank = ("files", ("blank.png", png_bytes(np.full((8, 8), 255, np.uint8)), "image/png"))
     one = ("files", ("one.png", png_bytes(stroke_digit_one()), "image/png"))
     with httpx.Client(base_url=live_server.url, timeout=60) as http:
-        assert realworld.predict(http, "ensemble", [one, blank, one]) == [1, -1, 1]
+        assert realworld.predict(http, "ensemble", [one, blank, one]) == [(1, True), (-1, False), (1, True)]
+
+
+def test_synthetic_non_digits_are_called_so_through_http(live_server: LiveServer) -> None:
+    with httpx.Client(base_url=live_server.url, timeout=60) as http:
+        rates = realworld.score_non_digits(http, 10, model="ensemble", batch=64)
+    overall = np.mean([r["called_not_a_digit"] for r in rates.values()])
+    assert overall >= 0.85, realworld.non_digit_table(rates)
