@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def trained(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("weights")
     for arch in ARCHITECTURES:
-        argv = ["--arch", arch, "--epochs", "1", "--train-limit", "640", "--batch-size", "64", "--workers", "0"]
+        argv = ["--arch", arch, "--epochs", "1", "--train-limit", "640", "--batch-size", "64", "--workers", "0", "--from-scratch"]
         assert train.main([*argv, "--data-dir", str(data_dir), "--no-download", "--out", str(out)]) == 0
     return out
 
@@ -101,6 +101,7 @@ def test_the_last_clean_epochs_see_unaugmented_images(data_dir: Path, tmp_path: 
 
     monkeypatch.setattr(AugmentedDigits, "__getitem__", recording_getitem)
     argv = ["--arch", "resnet", "--epochs", "3", "--clean-epochs", "1", "--train-limit", "128", "--batch-size", "64", "--workers", "0"]
+    argv += ["--from-scratch"]
     assert train.main([*argv, "--data-dir", str(data_dir), "--no-download", "--out", str(tmp_path)]) == 0
     assert augmented_items == [True] * 256 + [False] * 128  # 128 images per epoch
     assert json.loads((tmp_path / "resnet.json").read_text())["recipe"]["clean_epochs"] == 1
