@@ -639,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise-p", type=float, help="probability of Gaussian background noise")
     parser.add_argument("--outlier-fraction", type=float, help="non-digits per batch, as a fraction of the batch size")
     parser.add_argument("--outlier-weight", type=float, help="weight of the uniform-target loss on non-digits")
-    parser.add_argument("--outlier-seed", type=int, help="seed of epoch 1's non-digit pool (epoch e uses seed + e - 1)")
+    parser.add_argument("--outlier-seed", type=int, help="epoch e's non-digit pool has seed outlier_seed + e")
     parser.add_argument("--selection", choices=["val_accuracy", "mixed"], help="which epoch to keep (see _selection_key)")
     parser.add_argument("--selection-min-val-accuracy", type=float, help="mixed: the clean validation accuracy an epoch needs")
     parser.add_argument("--init", type=Path, help="fine-tune from this state_dict (its sha256 goes into the recipe)")
