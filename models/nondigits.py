@@ -7,7 +7,7 @@ all draw from the same generator. Every image is rendered at a realistic upload 
 
 Seeds (one generator per pool, never shared):
 
-* ``TRAIN_SEED`` (0): the outlier-exposure pool used during training;
+* ``TRAIN_SEED`` (0): the base of the outlier-exposure pools, epoch e drawing with seed 0 + e;
 * ``VALIDATION_SEED`` (1_000_000): the pool that sets each model's is_digit threshold;
 * ``EVALUATION_SEED`` (2_000_000): reserved for the reported test figures and the tests,
   never used to choose anything.

@@ -19,7 +19,10 @@ def plot_learning_curves(history: list[dict[str, Any]], path: Path, title: str) 
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy", yscale="log", title="loss")
     acc_ax.plot(epochs, [100 * row["train_accuracy"] for row in history], label="train (augmented)")
     acc_ax.plot(epochs, [100 * row["val_accuracy"] for row in history], label="validation")
-    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(98, 100), title="accuracy")
+    if all("val_mixed_accuracy" in row for row in history):  # fine-tuning runs: the selection criterion
+        acc_ax.plot(epochs, [100 * row["val_mixed_accuracy"] for row in history], label="validation, clean + degraded (mean)")
+    lowest = min(100 * min(row["train_accuracy"], row.get("val_mixed_accuracy", 1.0)) for row in history)
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(min(98.0, lowest - 0.2), 100), title="accuracy")
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.legend()

@@ -1,5 +1,6 @@
 """A training smoke run on a small subset writes a loadable checkpoint and valid metadata."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def trained(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("weights")
     for arch in ARCHITECTURES:
-        argv = ["--arch", arch, "--epochs", "1", "--train-limit", "640", "--batch-size", "64", "--workers", "0"]
+        argv = ["--arch", arch, "--epochs", "1", "--train-limit", "640", "--batch-size", "64", "--workers", "0", "--from-scratch"]
         assert train.main([*argv, "--data-dir", str(data_dir), "--no-download", "--out", str(out)]) == 0
     return out
 
@@ -100,6 +101,37 @@ def test_the_last_clean_epochs_see_unaugmented_images(data_dir: Path, tmp_path: 
 
     monkeypatch.setattr(AugmentedDigits, "__getitem__", recording_getitem)
     argv = ["--arch", "resnet", "--epochs", "3", "--clean-epochs", "1", "--train-limit", "128", "--batch-size", "64", "--workers", "0"]
+    argv += ["--from-scratch"]
     assert train.main([*argv, "--data-dir", str(data_dir), "--no-download", "--out", str(tmp_path)]) == 0
     assert augmented_items == [True] * 256 + [False] * 128  # 128 images per epoch
     assert json.loads((tmp_path / "resnet.json").read_text())["recipe"]["clean_epochs"] == 1
+
+
+def test_fine_tuning_records_its_init_and_fits_is_digit(trained: Path, data_dir: Path, tmp_path: Path) -> None:
+    init = trained / "resnet.pt"
+    argv = ["--arch", "resnet", "--epochs", "1", "--train-limit", "128", "--batch-size", "64", "--workers", "0", "--init", str(init)]
+    robust = ["--lowres-p", "0.5", "--binarise-p", "0.5", "--outlier-fraction", "0.25", "--outlier-weight", "0.5", "--selection", "mixed"]
+    assert train.main([*argv, *robust, "--data-dir", str(data_dir), "--no-download", "--out", str(tmp_path)]) == 0
+    meta = json.loads((tmp_path / "resnet.json").read_text())
+    assert meta["recipe"]["init_sha256"] == sha256_file(init)
+    assert meta["recipe"]["selection"] == "mixed" and meta["recipe"]["outlier_weight"] == 0.5
+    assert meta["command"].startswith("python -m models.train --arch resnet") and str(init) in meta["command"]
+    assert set(meta["history"][0]) >= {"val_degraded_accuracy", "val_mixed_accuracy", "val_nondigits_rejected"}
+    block = meta["is_digit"]
+    assert block["score"] in {"max_probability", "one_minus_normalised_entropy"} and 0 < block["threshold"] <= 1
+    assert block["validation"]["digits_rejected"] <= 0.005
+    assert {"digits_rejected", "non_digits_rejected"} <= set(block["test"])
+
+
+def test_fine_tuning_refuses_another_init_than_the_recipes(trained: Path, data_dir: Path, tmp_path: Path) -> None:
+    recipe = dataclasses.replace(train.DEFAULT_RECIPES["resnet"], init_sha256="0" * 64, epochs=1, train_limit=64)
+    with pytest.raises(SystemExit, match="sha256"):
+        train.train(recipe, data_dir, False, tmp_path, 0, init=trained / "resnet.pt")
+    with pytest.raises(SystemExit, match="--init"):
+        train.train(recipe, data_dir, False, tmp_path, 0)
+
+
+def test_outlier_loss_is_smallest_for_a_uniform_output() -> None:
+    uniform, confident = torch.zeros(1, 10), torch.tensor([[10.0] + [0.0] * 9])
+    assert float(train.outlier_loss(uniform)) == pytest.approx(float(torch.log(torch.tensor(10.0))))
+    assert float(train.outlier_loss(confident)) > float(train.outlier_loss(uniform))

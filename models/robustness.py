@@ -1,0 +1,73 @@
+"""Robustness of a weights directory on the VALIDATION split: degraded digits and non-digits.
+
+    python -m models.robustness --weights-dir weights --data-dir ../shared/data --no-download
+
+For each served model: accuracy on the 5,000 validation digits as they are, scanned at 8x8
+and at 16x16 and scaled back up, and thresholded to 1-bit (``models.augment.degrade_validation``),
+and the share of the validation non-digit pool (``models.nondigits``, seed 1,000,000) that
+the model's own is_digit threshold rejects, or, for weights without one, the share whose max
+probability is below the threshold that rejects 0.5% of the validation digits. Nothing here
+reads the test set, so it may be used to compare checkpoints.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.augment import ROBUSTNESS_VARIANTS, degrade_validation
+from models.checkpoint import load_classifier, load_ensemble
+from models.data import Digits, load_mnist, split_validation
+from models.evaluate import predict
+from models.nondigits import VALIDATION_SEED, nondigit_pool
+from models.outliers import digit_score, fit_threshold, rejected_fraction
+from models.registry import ARCHITECTURES, ENSEMBLE
+
+__all__ = ["main", "measure"]
+
+
+def _accuracy(model: nn.Module, digits: Digits) -> float:
+    return float((predict(model, digits).argmax(1) == digits.labels).double().mean())
+
+
+def measure(model: nn.Module, val: Digits, nondigits: Digits, is_digit: dict[str, Any] | None) -> dict[str, float]:
+    """Clean and degraded validation accuracy, non-digits rejected, validation digits rejected."""
+    result = {"clean": _accuracy(model, val)}
+    result |= {variant: _accuracy(model, Digits(degrade_validation(val.images, variant), val.labels)) for variant in ROBUSTNESS_VARIANTS}
+    score = is_digit["score"] if is_digit else "max_probability"
+    digit_scores = digit_score(predict(model, val).numpy(), score)
+    threshold = float(is_digit["threshold"]) if is_digit else fit_threshold(digit_scores)
+    result["digits_rejected"] = rejected_fraction(digit_scores, threshold)
+    result["non_digits_rejected"] = rejected_fraction(digit_score(predict(model, nondigits).numpy(), score), threshold)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights-dir", type=Path, default=Path("weights"))
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--no-download", dest="download", action="store_false", help="read a local copy only")
+    parser.add_argument("--non-digits", type=int, default=5000, help="size of the validation non-digit pool")
+    args = parser.parse_args(argv)
+
+    members = {name: load_classifier(args.weights_dir, name) for name in ARCHITECTURES}
+    ensemble, ensemble_meta = load_ensemble(
+        args.weights_dir, {n: m for n, (m, _) in members.items()}, {n: meta["sha256"] for n, (_, meta) in members.items()}
+    )
+    split = {(meta["recipe"]["val_size"], meta["recipe"]["split_seed"]) for _, meta in members.values()}
+    ((val_size, split_seed),) = split
+    _, val = split_validation(load_mnist(args.data_dir, train=True, download=args.download), val_size, split_seed)
+    pool = torch.from_numpy(nondigit_pool(args.non_digits, VALIDATION_SEED, val.images.numpy()))
+    nondigits = Digits(pool, torch.zeros(len(pool), dtype=torch.long))
+    models = [*((n, m, meta) for n, (m, meta) in members.items()), (ENSEMBLE, ensemble, ensemble_meta)]
+    results = {name: measure(model, val, nondigits, meta.get("is_digit")) for name, model, meta in models}
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
