@@ -210,9 +210,16 @@ class Bench:
             requests=requests,
         )
         before = server.model_stats() if model else {}
+        per_process_before = server.cpu_by_process()
         cpu_before, started = server.cpu_seconds(), time.perf_counter()
         outcome = self.loadgen.run(job)
-        server_cpu = (server.cpu_seconds() - cpu_before) / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        server_cpu = (server.cpu_seconds() - cpu_before) / elapsed
+        # how the tree's CPU splits over its processes (leader first): shows an HTTP worker left idle
+        per_process = [
+            {"pid": pid, "cpu_fraction": (cpu - per_process_before.get(pid, (0.0, 0.0))[0]) / elapsed, "rss_mb": rss}
+            for pid, (cpu, rss) in sorted(server.cpu_by_process().items())
+        ]
         mean_batch = None
         passes = None
         if model:
@@ -244,14 +251,17 @@ class Bench:
             "ratio_to_limit": outcome["images_per_s"] / limit["images_per_s"] if limit else None,
             "loadgen_cpu_fraction": outcome["loadgen_cpu_fraction"],
             "server_cpu_fraction": server_cpu,
+            "server_cpu_per_process": per_process,
             "client": outcome["client"],
         }
         latency = run["latency_ms"] or {}
+        split = " ".join(f"{p['cpu_fraction']:.2f}" for p in per_process)
         print(
             f"  {server.label:<12}{model or 'healthz':<10}{kind:<8}{run['body']:<10}c{concurrency:<4}x{per_request:<4}"
             f"{run['images_per_s']:>8.0f} img/s  p50 {latency.get('p50', float('nan')):7.2f} ms  "
             f"p99 {latency.get('p99', float('nan')):7.2f} ms  "
-            f"batch {mean_batch if mean_batch is not None else float('nan'):5.1f}  errors {run['errors']}",
+            f"batch {mean_batch if mean_batch is not None else float('nan'):5.1f}  errors {run['errors']}  "
+            f"cpu {server_cpu:.2f}" + (f" ({split})" if len(per_process) > 1 else ""),
             flush=True,
         )
         return run

@@ -180,6 +180,15 @@ class ServerProcess:
                 total += times.user + times.system
         return total
 
+    def cpu_by_process(self) -> dict[int, tuple[float, float]]:
+        """Per process of the tree now: (user + system CPU seconds so far, resident MB)."""
+        found = {}
+        for process in self.tree():
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                found[process.pid] = (times.user + times.system, process.memory_info().rss / 2**20)
+        return found
+
     def _sample(self) -> None:
         while not self._stop_sampling.is_set():
             tree = self.tree()

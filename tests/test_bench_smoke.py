@@ -38,6 +38,7 @@ RUN_KEYS = {
     "ratio_to_limit",
     "loadgen_cpu_fraction",
     "server_cpu_fraction",
+    "server_cpu_per_process",
 }
 
 
@@ -114,6 +115,8 @@ def test_every_run_is_there_and_answered(quick_results) -> None:
         assert run["mean_batch_size"] >= 1
     for run in (r for r in runs if r["server"] == "no-batching"):
         assert run["mean_batch_size"] == 1  # DIGITS_MAX_BATCH_SIZE=1
+    for run in runs:  # the CPU split over the server's processes: one process, or the supervisor's tree
+        assert len(run["server_cpu_per_process"]) == 1 if run["workers"] == 1 else len(run["server_cpu_per_process"]) >= 4
     assert sorted(r["workers"] for r in runs if r["kind"] == "healthz") == WORKERS
 
 
