@@ -111,6 +111,7 @@ def test_model_metadata(client: triton.InferenceServerClient) -> None:
     assert {o["name"]: (o["datatype"], o["shape"]) for o in metadata["outputs"]} == {
         "probabilities": ("FP32", [-1, 10]),
         "label": ("INT64", [-1]),
+        "is_digit": ("BOOL", [-1]),
     }
 
 
