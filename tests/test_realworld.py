@@ -30,7 +30,9 @@ def test_every_style_reads_through_http(live_server: LiveServer, test_digits: mn
     low = [(s.style, s.accuracy) for s in scores if s.accuracy < BOUNDS[s.family]]
     assert not low, realworld.table(scores)
     assert all(label >= 0 for s in scores for label in s.predicted), "an image was refused (read as blank)"
-    assert sum(s.not_digit for s in scores) <= 0.05 * sum(s.images for s in scores), realworld.table(scores)
+    # The same 20 digits in every style: one hard digit counts 24 times, so the bound is loose;
+    # the full corpus (1,000 digits) measures the rate itself.
+    assert sum(s.not_digit for s in scores) <= 0.15 * sum(s.images for s in scores), realworld.table(scores)
 
 
 def test_a_refused_image_costs_one_error(live_server: LiveServer) -> None:
