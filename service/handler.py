@@ -14,8 +14,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import numpy as np
-from models.outliers import digit_score
 
+from models.outliers import digit_score
 from models.spec import SERVED_MODELS
 from service.config import Settings
 from service.errors import InputError, Overloaded
