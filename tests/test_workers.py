@@ -23,9 +23,14 @@ from tests.conftest import LiveServer, png_bytes, start_server, stop_server, str
 ONE_FILES = [("files", ("one.png", png_bytes(stroke_digit_one()), "image/png"))]
 
 
+KEY = {"X-API-Key": "workers-key"}
+
+
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    server = start_server(tmp_path_factory.mktemp("workers"), DIGITS_WORKERS="2", DIGITS_WARMUP_BATCHES="1")
+    server = start_server(
+        tmp_path_factory.mktemp("workers"), DIGITS_WORKERS="2", DIGITS_WARMUP_BATCHES="1", DIGITS_API_KEY=KEY["X-API-Key"]
+    )
     yield server
     stop_server(server)
 
@@ -55,7 +60,7 @@ def test_the_tree_is_a_supervisor_an_inference_process_and_http_workers_without_
 
 
 async def test_concurrent_requests_through_both_workers_are_batched_together(two_workers: LiveServer) -> None:
-    async with httpx.AsyncClient(base_url=two_workers.url, timeout=30, limits=httpx.Limits(max_connections=32)) as http:
+    async with httpx.AsyncClient(base_url=two_workers.url, timeout=30, limits=httpx.Limits(max_connections=32), headers=KEY) as http:
         alone = (await http.post("/predict?model=resnet", files=ONE_FILES)).json()["predictions"][0]["probabilities"]
         before = {m["name"]: m for m in (await http.get("/model-info")).json()["models"]}["resnet"]
         responses = await asyncio.gather(*(http.post("/predict?model=resnet", files=ONE_FILES) for _ in range(64)))
@@ -69,7 +74,7 @@ async def test_concurrent_requests_through_both_workers_are_batched_together(two
 
 
 async def test_metrics_count_each_request_once_whichever_worker_served_it(two_workers: LiveServer) -> None:
-    async with httpx.AsyncClient(base_url=two_workers.url, timeout=30, limits=httpx.Limits(max_connections=16)) as http:
+    async with httpx.AsyncClient(base_url=two_workers.url, timeout=30, limits=httpx.Limits(max_connections=16), headers=KEY) as http:
         before = (await http.get("/metrics")).text
         statuses = [
             r.status_code for r in await asyncio.gather(*(http.post("/predict?model=inception", files=ONE_FILES) for _ in range(40)))
@@ -88,6 +93,32 @@ def test_model_info_reports_the_workers_and_the_shared_batchers(two_workers: Liv
     info = httpx.get(two_workers.url + "/model-info", timeout=10).json()
     assert info["batching"]["workers"] == 2
     assert {m["name"] for m in info["models"]} == {"inception", "resnet", "ensemble"}
+
+
+def test_the_api_key_and_v2_hold_in_every_worker(two_workers: LiveServer) -> None:
+    body = {"inputs": [{"name": "input", "shape": [1, 28, 28], "datatype": "UINT8", "data": stroke_digit_one().ravel().tolist()}]}
+    with httpx.Client(base_url=two_workers.url, timeout=30) as http:
+        for _ in range(6):  # new connections: both workers answer some
+            assert http.post("/predict", files=ONE_FILES, headers={"Connection": "close"}).status_code == 401
+            v2 = http.post("/v2/models/ensemble/infer", json=body, headers={**KEY, "Connection": "close"})
+            assert v2.status_code == 200, v2.text
+            outputs = {o["name"]: o["data"] for o in v2.json()["outputs"]}
+            assert outputs["label"] == [1] and outputs["is_digit"] == [True]
+
+
+async def test_a_full_queue_is_a_503_with_retry_after_across_processes(tmp_path: Path) -> None:
+    server = start_server(tmp_path, DIGITS_WORKERS="2", DIGITS_WARMUP_BATCHES="1", DIGITS_MAX_QUEUE_IMAGES="64", DIGITS_MAX_BATCH_SIZE="8")
+    try:
+        files = ONE_FILES * 64  # one request fills the queue; concurrent ones must be refused, not lost
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=httpx.Limits(max_connections=16)) as http:
+            responses = await asyncio.gather(*(http.post("/predict?model=inception", files=files) for _ in range(16)))
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses, statuses
+        for response in responses:
+            if response.status_code == 503:
+                assert response.headers["retry-after"] == "1" and "queue limit of 64" in response.json()["detail"]
+    finally:
+        stop_server(server)
 
 
 def wait_gone(pids: list[int], timeout_s: float = 15.0) -> list[int]:
