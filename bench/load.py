@@ -1,10 +1,10 @@
 """The load generator: wrk, a well-known HTTP load tool written in C, run with ``bench/wrk.lua``.
 
-Why not a Python client: the async httpx client this benchmark used until session 4 cost
-~0.5 ms of CPU per request in its own process. At concurrency 1 that was added to every
-latency (inception, multipart: p50 2.38 ms through httpx against 1.22 ms through wrk, /healthz
-0.59 against 0.11 ms), and at concurrency 32 it held half a core of the 2 the server needs
-(938 against ~1,600 img/s). wrk spends ~20-25 us of CPU per request (0.04 cores at c32), so the numbers describe the server.
+Why not a Python client: an async httpx client costs ~0.5 ms of CPU per request in its own
+process, which adds to every concurrency-1 latency and takes half a core of the 2 the server
+needs at concurrency 32. wrk used 0.00-0.12 of a core during every /predict run
+(``loadgen_cpu_fraction`` in ``bench/results/cpu-2core-run*.json``), so the numbers describe
+the server.
 
 Each run is closed-loop: ``concurrency`` keep-alive connections, each sending its next
 request as soon as the last one is answered, on one wrk thread. Request bodies are built
