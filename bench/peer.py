@@ -24,7 +24,6 @@ import base64
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -39,7 +38,7 @@ import torch
 from bench.load import Job, LoadGenerator, write_payloads
 from bench.report import PEER_CONCURRENCY, PEER_MIN_RATIO
 from bench.run import encode_pngs
-from bench.server import ServerProcess, source_commit
+from bench.server import ServerProcess, describe_machine
 from models.data import load_mnist
 from service.config import Settings
 from service.inference.loader import ServedModel, load_models
@@ -240,12 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "name": args.name,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "argv": list(sys.argv[1:] if argv is None else argv),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "commit": source_commit(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-        },
+        "machine": describe_machine(),
         "ours": {"workers": args.workers},
         "litserve": {"version": ls.__version__, "batch_timeout_s": args.litserve_batch_timeout, "api_servers": api_servers},
         "servers": servers,

@@ -19,7 +19,6 @@ import datetime
 import io
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ from PIL import Image
 from bench.limit import BATCH_SIZES, measure_limits
 from bench.load import BodyKind, Job, LoadGenerator, write_payloads
 from bench.report import NO_BATCHING, closest_limit, evaluate_targets, find_run, format_report, plot, server_label
-from bench.server import ServerProcess, source_commit
+from bench.server import ServerProcess, describe_machine
 from models.registry import SERVED_MODELS
 
 __all__ = ["Plan", "encode_pngs", "main"]
@@ -398,8 +397,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if load_average[0] > 0.5 * cpu_count:
         print(f"WARNING: load average {load_average[0]} on {cpu_count} CPUs: this machine is busy and the timings will be too", flush=True)
 
-    import torch  # the limit's models: imported only when needed (bench.report, bench.summary need no torch)
-
     from models.data import load_mnist
     from service.config import Settings
     from service.inference.loader import load_models, select_device
@@ -458,17 +455,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "quick": plan.quick,
         "argv": list(sys.argv[1:] if argv is None else argv),
-        "machine": {
-            "cpu_count": cpu_count,
-            "commit": source_commit(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "device": str(device),
-            "torch_threads": threads,
-            "load_average_start": load_average,
-            "load_average_end": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": describe_machine(
+            device=str(device),
+            torch_threads=threads,
+            load_average_start=load_average,
+            load_average_end=[round(x, 2) for x in os.getloadavg()],
+        ),
         "config": {**asdict(plan), "server_env": env, "limit_batch_sizes": list(BATCH_SIZES)},
         "limits": limits,
         "limits_all_cores": limits_all_cores,

@@ -10,6 +10,7 @@ leader, a wait, then SIGKILL to every process left in the group, so no child out
 
 import contextlib
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -22,7 +23,7 @@ from typing import Any
 import httpx
 import psutil
 
-__all__ = ["ServerError", "ServerProcess", "free_port", "source_commit"]
+__all__ = ["ServerError", "ServerProcess", "describe_machine", "free_port", "source_commit"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,6 +40,20 @@ def source_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("-dirty" if dirty.strip() else "")
+
+
+def describe_machine(**extra: object) -> dict[str, object]:
+    """Where a result was measured, as every results file records it (``extra`` adds fields)."""
+    import torch  # the summary tool reads results without torch
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "commit": source_commit(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        **extra,
+    }
 
 
 def free_port() -> int:

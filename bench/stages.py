@@ -31,7 +31,6 @@ import datetime
 import json
 import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -44,7 +43,7 @@ import numpy as np
 
 from bench.load import build_bodies
 from bench.run import encode_pngs
-from bench.server import source_commit
+from bench.server import describe_machine
 from models.spec import CLASSES, INPUT_SHAPE
 from service.config import Settings
 from service.handler import Classification, DigitRule, decode_files, encode_predictions
@@ -343,20 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     load_average = [round(x, 2) for x in os.getloadavg()]
     timer = Timer(args.warmup, args.seconds)
     rows = measure_stages(pngs, args.weights_dir, args.models, timer, args.concurrency, args.seconds)
-    import torch
 
     results = {
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "argv": list(sys.argv[1:] if argv is None else argv),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "commit": source_commit(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "load_average_start": load_average,
-            "load_average_end": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": describe_machine(load_average_start=load_average, load_average_end=[round(x, 2) for x in os.getloadavg()]),
         "config": {
             "warmup_s": args.warmup,
             "measure_s": args.seconds,
