@@ -206,9 +206,13 @@ def measure_transport(timer: Timer, concurrency: int, throughput_s: float) -> li
     stand_in = StandInEngine()
     with tempfile.TemporaryDirectory(prefix="bench-stages-") as scratch:
 
+        async def timed(backend: Any) -> tuple[list[int], float]:
+            """One call at a time (latency samples), then ``concurrency`` callers (calls per second)."""
+            samples = await timer.run_async(lambda: backend.predict("resnet", image))
+            return samples, await _throughput(lambda: backend.predict("resnet", image), concurrency, throughput_s)
+
         async def in_process() -> None:
-            samples = await timer.run_async(lambda: stand_in.predict("resnet", image))
-            rate = await _throughput(lambda: stand_in.predict("resnet", image), concurrency, throughput_s)
+            samples, rate = await timed(stand_in)
             rows.append(_row("transport_in_process", "in-process call of the stand-in engine", samples, calls_per_s=rate))
 
         async def same_loop() -> None:
@@ -217,8 +221,7 @@ def measure_transport(timer: Timer, concurrency: int, throughput_s: float) -> li
             listener = await asyncio.start_unix_server(server.handle, path=str(path))
             backend = await _connected(path)
             try:
-                samples = await timer.run_async(lambda: backend.predict("resnet", image))
-                rate = await _throughput(lambda: backend.predict("resnet", image), concurrency, throughput_s)
+                samples, rate = await timed(backend)
             finally:
                 await backend.close()
                 listener.close()
@@ -231,8 +234,7 @@ def measure_transport(timer: Timer, concurrency: int, throughput_s: float) -> li
             try:
                 backend = await _connected(path)
                 try:
-                    samples = await timer.run_async(lambda: backend.predict("resnet", image))
-                    rate = await _throughput(lambda: backend.predict("resnet", image), concurrency, throughput_s)
+                    samples, rate = await timed(backend)
                 finally:
                     await backend.close()
             finally:
