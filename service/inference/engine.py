@@ -96,7 +96,7 @@ class Engine:
 
     def _card(self, name: str, served: ServedModel) -> dict[str, Any]:
         meta = served.metadata
-        stats = self.batchers[name].stats if name in self.batchers else None
+        stats = self.batchers[name].stats  # started before any caller can ask
         return {
             "name": name,
             "architecture": meta["architecture"],
@@ -110,10 +110,10 @@ class Engine:
             "calibration": meta["calibration"],
             "is_digit": meta.get("is_digit"),
             "recipe": meta.get("recipe"),
-            "batches": stats.batches if stats else 0,
-            "images": stats.images if stats else 0,
-            "mean_batch_size": round(stats.mean_batch_size, 3) if stats else 0.0,
-            "largest_batch": stats.largest_batch if stats else 0,
+            "batches": stats.batches,
+            "images": stats.images,
+            "mean_batch_size": round(stats.mean_batch_size, 3),
+            "largest_batch": stats.largest_batch,
         }
 
     async def stop(self) -> None:
