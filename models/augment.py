@@ -7,19 +7,30 @@ images, faint or thick pens, grey paper. Each transform below takes and returns 
 small torch ops, and is applied with its own probability (``Degradations``), after the
 affine/elastic distortion of ``models.data.augmentation``.
 
+``as_thumbnail`` differs from the others: it sends a thumbnail of the digit through the
+service's own ``to_mnist``, because what a model sees of an 8x8 upload is shaped as much
+by that preprocessing (enlarging, cropping, fitting to 20 px) as by the thumbnail itself.
+
 ``degrade_validation`` is the fixed, deterministic version used to measure robustness on
-the validation split (8x8, 16x16, 1-bit), so it never touches the test set.
+the validation split (8x8, 16x16, 1-bit, an 8x8 1-bit thumbnail), so it never touches the
+test set.
 """
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
+from service.errors import InputError
+from service.preprocess import to_mnist
 
 __all__ = [
     "ROBUSTNESS_VARIANTS",
     "Degradations",
     "add_noise",
+    "as_thumbnail",
     "binarise",
     "change_contrast",
     "change_stroke",
@@ -84,6 +95,34 @@ def add_noise(image: torch.Tensor, sigma: float, generator: torch.Generator | No
     return _as_uint8(x + sigma * torch.randn(x.shape, generator=generator))
 
 
+def as_thumbnail(image: torch.Tensor, side: int, margin: float, threshold: float | None, dark_on_light: bool) -> torch.Tensor:
+    """The digit as an uploaded thumbnail, as the service's preprocessing returns it.
+
+    The ink's box, framed square with ``margin`` (1.0 = touching), area-averaged to
+    ``side`` x ``side``; 1-bit where ``threshold`` (a share of the brightest pixel) is given;
+    then ``service.preprocess.to_mnist``. A digit that vanishes is returned unchanged.
+    """
+    pixels = image.reshape(28, 28).numpy().astype(np.float32) / 255.0
+    rows, cols = np.flatnonzero(pixels.max(axis=1) > 0), np.flatnonzero(pixels.max(axis=0) > 0)
+    if rows.size == 0:
+        return image
+    crop = pixels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    frame = int(np.ceil(max(crop.shape) * margin))
+    square = np.zeros((frame, frame), np.float32)
+    top, left = (frame - crop.shape[0]) // 2, (frame - crop.shape[1]) // 2
+    square[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
+    small = np.asarray(Image.fromarray(square, mode="F").resize((side, side), Image.Resampling.BOX), dtype=np.float32)
+    if threshold is not None:
+        small = (small >= threshold * float(small.max())).astype(np.float32)
+    if dark_on_light:
+        small = 1.0 - small
+    try:
+        served = to_mnist(Image.fromarray(np.rint(np.clip(small, 0.0, 1.0) * 255).astype(np.uint8), mode="L"))
+    except InputError:
+        return image
+    return _as_uint8(torch.from_numpy(served))
+
+
 @dataclass(frozen=True)
 class Degradations:
     """Probabilities and ranges of the per-sample degradations; a callable transform.
@@ -98,6 +137,8 @@ class Degradations:
     binarise_p: float = 0.0
     contrast_p: float = 0.0
     noise_p: float = 0.0
+    thumbnail_p: float = 0.0
+    thumbnail_sides: tuple[int, int] = (6, 16)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         def draw() -> float:
@@ -105,6 +146,11 @@ class Degradations:
 
         if draw() < self.stroke_p:
             image = change_stroke(image, 2 + int(draw() < 0.3), thicker=draw() < 0.6)
+        if draw() < self.thumbnail_p:  # instead of the other degradations: it is what serving returns
+            low, high = self.thumbnail_sides
+            side = min(low + int(draw() * (high - low + 1)), high)
+            threshold = 0.25 + 0.35 * draw() if draw() < 0.5 else None
+            return as_thumbnail(image, side, 1.0 + 0.5 * draw(), threshold, dark_on_light=draw() < 0.5)
         if draw() < self.lowres_p:
             low, high = self.lowres_sizes
             size = low + int(draw() * (high - low + 1))
@@ -119,18 +165,22 @@ class Degradations:
 
     @property
     def active(self) -> bool:
-        return any(p > 0 for p in (self.stroke_p, self.lowres_p, self.binarise_p, self.contrast_p, self.noise_p))
+        return any(p > 0 for p in (self.stroke_p, self.lowres_p, self.binarise_p, self.contrast_p, self.noise_p, self.thumbnail_p))
 
 
-ROBUSTNESS_VARIANTS = ("8x8", "16x16", "1-bit")
+ROBUSTNESS_VARIANTS = ("8x8", "16x16", "1-bit", "8x8 1-bit thumbnail")
 
 
 def degrade_validation(images: torch.Tensor, variant: str) -> torch.Tensor:
-    """A fixed degradation of N x 28 x 28 uint8 images: scanned at 8x8 or 16x16 and scaled up, or 1-bit.
+    """A fixed degradation of N x 28 x 28 uint8 images: scanned at 8x8 or 16x16 and scaled up,
+    1-bit, or an 8x8 1-bit thumbnail as serving sees it.
 
-    Deterministic (area downsampling, bilinear upsampling, threshold at 0.5), so every
-    checkpoint is measured on the same images.
+    Deterministic (area downsampling, bilinear upsampling, threshold at 0.5; the thumbnail
+    framed with a 1.25 margin, thresholded at 0.4), so every checkpoint is measured on the
+    same images.
     """
+    if variant == "8x8 1-bit thumbnail":
+        return torch.stack([as_thumbnail(image, 8, 1.25, 0.4, dark_on_light=False)[0] for image in images])
     x = images.float().unsqueeze(1) / 255.0
     if variant == "1-bit":
         out = (x > 0.5).float()

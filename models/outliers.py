@@ -3,19 +3,24 @@
 Pure numpy (no torch), so the service, the evaluation and the tests compute it the same
 way from the probabilities a model returns.
 
-The threshold of each served model is fitted on validation data only (see
-``models.train.fit_is_digit``): the largest threshold that rejects at most
-``MAX_DIGITS_REJECTED`` (0.5%) of the 5,000 validation digits; the non-digit rejection
-rate is then read off the validation pool of synthetic non-digits (``models.nondigits``).
+The score is taken of the probabilities softened by a temperature (ODIN, Liang et al.
+2018): a calibrated model is sure of most digits and of many non-digits alike, and
+flattening both spreads the non-digits out below the digits.
+
+Each served model's score, temperature and threshold are fitted on validation data only
+(``models.train.is_digit_report``): the threshold is the largest that rejects at most
+``MAX_DIGITS_REJECTED`` (0.5%) of the 5,000 validation digits, and the score and temperature
+are the pair that then rejects the most validation non-digits (``models.nondigits``).
 """
 
 from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["MAX_DIGITS_REJECTED", "SCORES", "digit_score", "fit_threshold", "is_digit", "rejected_fraction"]
+__all__ = ["MAX_DIGITS_REJECTED", "SCORES", "TEMPERATURES", "digit_score", "fit_threshold", "is_digit", "rejected_fraction"]
 
 MAX_DIGITS_REJECTED = 0.005
+TEMPERATURES = (1.0, 1.5, 2.0, 3.0)  # the score temperatures the fitting chooses from
 
 
 def _max_probability(probabilities: np.ndarray) -> np.ndarray:
@@ -34,25 +39,39 @@ SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def digit_score(probabilities: np.ndarray, score: str = "max_probability") -> np.ndarray:
+def _softened(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / temperature): the same ranking of classes, flatter for temperature > 1."""
+    if temperature == 1.0:
+        return probabilities
+    scaled = np.log(np.clip(probabilities.astype(np.float64), 1e-12, 1.0)) / temperature
+    scaled -= scaled.max(axis=1, keepdims=True)
+    exp = np.exp(scaled)
+    return np.asarray(exp / exp.sum(axis=1, keepdims=True))
+
+
+def digit_score(probabilities: np.ndarray, score: str = "max_probability", temperature: float = 1.0) -> np.ndarray:
     """N x C probabilities (rows sum to 1) -> N scores in [0, 1]; higher means more digit-like.
 
-    ``max_probability`` is the calibrated confidence of the predicted class (Hendrycks and
-    Gimpel 2017); ``one_minus_normalised_entropy`` is 1 - H(p) / log(C). Both are 1 for a
-    one-hot row and minimal for the uniform row.
+    ``max_probability`` is the confidence of the predicted class (Hendrycks and Gimpel
+    2017); ``one_minus_normalised_entropy`` is 1 - H(p) / log(C). Both are taken of the
+    probabilities softened by ``temperature``, and both are 1 for a one-hot row and minimal
+    for the uniform row.
     """
     probabilities = np.asarray(probabilities)
     if probabilities.ndim != 2:
         raise ValueError(f"expected N x C probabilities, got shape {probabilities.shape}")
+    if not temperature > 0:
+        raise ValueError(f"the score temperature must be positive, got {temperature}")
     try:
-        return SCORES[score](probabilities)
+        scorer = SCORES[score]
     except KeyError:
         raise ValueError(f"unknown score {score!r}; expected one of {sorted(SCORES)}") from None
+    return scorer(_softened(probabilities, temperature))
 
 
-def is_digit(probabilities: np.ndarray, threshold: float, score: str = "max_probability") -> np.ndarray:
+def is_digit(probabilities: np.ndarray, threshold: float, score: str = "max_probability", temperature: float = 1.0) -> np.ndarray:
     """True where the digit score reaches ``threshold`` (score >= threshold is a digit)."""
-    return digit_score(probabilities, score) >= threshold
+    return digit_score(probabilities, score, temperature) >= threshold
 
 
 def fit_threshold(digit_scores: np.ndarray, max_rejected: float = MAX_DIGITS_REJECTED) -> float:

@@ -38,11 +38,11 @@ def measure(model: nn.Module, val: Digits, nondigits: Digits, is_digit: dict[str
     """Clean and degraded validation accuracy, non-digits rejected, validation digits rejected."""
     result = {"clean": _accuracy(model, val)}
     result |= {variant: _accuracy(model, Digits(degrade_validation(val.images, variant), val.labels)) for variant in ROBUSTNESS_VARIANTS}
-    score = is_digit["score"] if is_digit else "max_probability"
-    digit_scores = digit_score(predict(model, val).numpy(), score)
+    score, temperature = (is_digit["score"], float(is_digit["temperature"])) if is_digit else ("max_probability", 1.0)
+    digit_scores = digit_score(predict(model, val).numpy(), score, temperature)
     threshold = float(is_digit["threshold"]) if is_digit else fit_threshold(digit_scores)
     result["digits_rejected"] = rejected_fraction(digit_scores, threshold)
-    result["non_digits_rejected"] = rejected_fraction(digit_score(predict(model, nondigits).numpy(), score), threshold)
+    result["non_digits_rejected"] = rejected_fraction(digit_score(predict(model, nondigits).numpy(), score, temperature), threshold)
     return result
 
 

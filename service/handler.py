@@ -34,15 +34,18 @@ INLINE_DECODE_BYTES = 16 * 1024
 
 @dataclass(frozen=True)
 class DigitRule:
-    """How a model decides "is this a digit at all": a score of its probabilities against a
-    threshold fitted on validation data (``models.outliers``; the method is in the weights' metadata)."""
+    """How a model decides "is this a digit at all": a score of its probabilities, softened by a
+    temperature, against a threshold; all three fitted on validation data (``models.outliers``;
+    the method is in the weights' metadata)."""
 
     score: str
+    temperature: float
     threshold: float
 
     @classmethod
     def of(cls, card: dict[str, Any]) -> "DigitRule":
-        return cls(card["is_digit"]["score"], float(card["is_digit"]["threshold"]))
+        block = card["is_digit"]
+        return cls(block["score"], float(block["temperature"]), float(block["threshold"]))
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class Classification:
     @classmethod
     def of(cls, probabilities: np.ndarray, rule: DigitRule) -> "Classification":
         labels = probabilities.argmax(axis=1)
-        score = digit_score(probabilities, rule.score)
+        score = digit_score(probabilities, rule.score, rule.temperature)
         return cls(probabilities, labels, probabilities[np.arange(len(labels)), labels], score, score >= rule.threshold)
 
 

@@ -82,7 +82,7 @@ class ModelInfo(BaseModel):
     weights: WeightsInfo
     metrics: dict[str, Any] = Field(description="test and validation accuracy from training")
     calibration: dict[str, Any]
-    is_digit: dict[str, Any] | None = Field(None, description="how is_digit is decided: method, threshold, measured rates")
+    is_digit: dict[str, Any] | None = Field(None, description="how is_digit is decided: method, score, temperature, threshold, rates")
     recipe: dict[str, Any] | None = Field(None, description="the training recipe (None for the ensemble)")
     cuda_graphs: bool = Field(description="forward passes replay captured CUDA graphs")
     batches: int = Field(description="forward passes run since start")

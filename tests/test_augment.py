@@ -7,6 +7,7 @@ from models.augment import (
     ROBUSTNESS_VARIANTS,
     Degradations,
     add_noise,
+    as_thumbnail,
     binarise,
     change_contrast,
     change_stroke,
@@ -38,6 +39,8 @@ def test_every_transform_keeps_shape_and_dtype(digit: torch.Tensor) -> None:
         change_contrast(digit, 0.6, 0.1),
         add_noise(digit, 0.05, torch.Generator().manual_seed(0)),
         Degradations(1.0, 1.0, (7, 16), 1.0, 1.0, 1.0)(digit),
+        as_thumbnail(digit, 8, 1.25, 0.4, dark_on_light=True),
+        Degradations(thumbnail_p=1.0)(digit),
     ]
     for out in outputs:
         assert out.shape == (1, 28, 28) and out.dtype == torch.uint8
@@ -64,6 +67,20 @@ def test_resolution_loss_blurs_and_nearest_makes_blocks(digit: torch.Tensor) -> 
 def test_binarisation_leaves_two_levels(digit: torch.Tensor) -> None:
     assert set(binarise(digit, 0.4, reblur=False).unique().tolist()) == {0, 255}
     assert len(binarise(digit, 0.4, reblur=True).unique()) > 2  # the re-blur softens the edges again
+
+
+@pytest.mark.parametrize("dark_on_light", [False, True])
+def test_a_thumbnail_comes_back_as_the_service_serves_it(digit: torch.Tensor, dark_on_light: bool) -> None:
+    out = as_thumbnail(digit, 8, 1.25, 0.4, dark_on_light=dark_on_light)[0]
+    rows = torch.nonzero(out.amax(dim=1)).flatten()
+    assert 18 <= int(rows[-1] - rows[0]) + 1 <= 20  # fitted to MNIST's 20 px box, white on black
+    assert int(out[0].max()) == 0 and int(out.max()) == 255
+    assert len(out.unique()) > 2  # the 1-bit thumbnail was enlarged smoothly, not in blocks
+
+
+def test_a_thumbnail_of_nothing_is_left_as_it_was() -> None:
+    blank = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    assert torch.equal(as_thumbnail(blank, 8, 1.25, 0.4, dark_on_light=False), blank)
 
 
 def test_contrast_lowers_the_peak_and_lifts_the_background(digit: torch.Tensor) -> None:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from models.outliers import SCORES, digit_score, fit_threshold, is_digit, rejected_fraction
+from models.outliers import SCORES, TEMPERATURES, digit_score, fit_threshold, is_digit, rejected_fraction
 
 
 def _rows(confidences: list[float]) -> np.ndarray:
@@ -25,6 +25,18 @@ def test_the_uniform_row_scores_lowest() -> None:
     assert digit_score(_rows([0.1]), "one_minus_normalised_entropy")[0] == pytest.approx(0.0, abs=1e-9)
 
 
+@pytest.mark.parametrize("score", SCORES)
+def test_a_score_temperature_flattens_without_reordering(score: str) -> None:
+    rows = _rows([0.3, 0.6, 0.9, 0.99])
+    plain = digit_score(rows, score)
+    for temperature in TEMPERATURES[1:]:
+        softened = digit_score(rows, score, temperature)
+        assert np.all(np.diff(softened) > 0)  # the same order of images
+        assert np.all(softened < plain)  # every non-uniform row scores lower
+    assert digit_score(rows, score, 1.0) == pytest.approx(plain)
+    assert digit_score(_rows([0.1]), score, 3.0) == pytest.approx(digit_score(_rows([0.1]), score))  # uniform stays uniform
+
+
 def test_threshold_semantics_score_at_the_threshold_is_a_digit() -> None:
     probabilities = _rows([0.5, 0.8, 0.95])
     assert is_digit(probabilities, 0.8).tolist() == [False, True, True]
@@ -44,5 +56,7 @@ def test_bad_input_is_refused() -> None:
         digit_score(np.ones(10))
     with pytest.raises(ValueError, match="unknown score"):
         digit_score(_rows([0.5]), "margin")
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        digit_score(_rows([0.5]), "max_probability", 0.0)
     with pytest.raises(ValueError, match="no digit scores"):
         fit_threshold(np.array([]))

@@ -12,6 +12,7 @@ import torch
 from models import evaluate, train
 from models.checkpoint import CheckpointError, load_classifier, sha256_file
 from models.data import AugmentedDigits
+from models.outliers import TEMPERATURES
 from models.registry import ARCHITECTURES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,6 +120,7 @@ def test_fine_tuning_records_its_init_and_fits_is_digit(trained: Path, data_dir:
     assert set(meta["history"][0]) >= {"val_degraded_accuracy", "val_mixed_accuracy", "val_nondigits_rejected"}
     block = meta["is_digit"]
     assert block["score"] in {"max_probability", "one_minus_normalised_entropy"} and 0 < block["threshold"] <= 1
+    assert block["temperature"] in TEMPERATURES
     assert block["validation"]["digits_rejected"] <= 0.005
     assert {"digits_rejected", "non_digits_rejected"} <= set(block["test"])
 

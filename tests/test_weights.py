@@ -97,9 +97,9 @@ def test_is_digit_threshold_rejects_non_digits_and_accepts_digits(
 ) -> None:
     """The committed threshold, through the real model: >= 90% of non-digits out, >= 99% of digits in."""
     block = json.loads((WEIGHTS / f"{name}.json").read_text())["is_digit"]
-    threshold, score = block["threshold"], block["score"]
+    threshold, score, temperature = block["threshold"], block["score"], block["temperature"]
     assert block["validation"]["digits_rejected"] <= 0.005
-    accepted = is_digit(probabilities[name][:500].numpy(), threshold, score)
+    accepted = is_digit(probabilities[name][:500].numpy(), threshold, score, temperature)
     assert accepted.mean() >= 0.99, f"{name}: {100 * accepted.mean():.1f}% of the first 500 test digits accepted"
-    rejected = ~is_digit(predict(served[name], evaluation_nondigits).numpy(), threshold, score)
+    rejected = ~is_digit(predict(served[name], evaluation_nondigits).numpy(), threshold, score, temperature)
     assert rejected.mean() >= 0.90, f"{name}: {100 * rejected.mean():.1f}% of non-digits rejected"
