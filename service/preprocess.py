@@ -141,11 +141,6 @@ def _planes(image: Image.Image) -> list[np.ndarray]:
 PROCESS_SIZE = 256  # larger pictures are reduced to this first: the digit ends up 20 px anyway
 SMALL_SIZE = 64  # smaller pictures are enlarged smoothly to at least this, so that pixels become strokes
 SMALL_FLOOR = 0.03  # enlarging a thumbnail smoothly rings faintly around its strokes; less is not ink
-# An enlarged thumbnail's strokes are wide ramps; MNIST's are a full core with soft edges. Its
-# ink is stretched so that THUMBNAIL_STROKE[0] is background and THUMBNAIL_STROKE[1] a full
-# stroke: the Inception net, trained on MNIST alone, then reads 96.1% of validation digits in
-# the four low-resolution corpus styles instead of 93.6% (python -m evaluation.thumbnails).
-THUMBNAIL_STROKE = (0.1, 0.5)
 BACKGROUND_CELLS = 32  # the paper's brightness is estimated on a grid of this many cells (longer side)
 BACKGROUND_REACH = 4  # cells: ink strokes narrower than twice this vanish from the estimate
 LIGHT_FLOOR = 0.6  # the paper is never estimated darker than this share of its brightest part
@@ -182,9 +177,7 @@ def _thumbnail_ink(planes: list[np.ndarray]) -> np.ndarray:
     """A thumbnail, enlarged smoothly: its background is even, and each grey level is part of the shape."""
     planes = _resized(planes)
     absorbed = np.max([1.0 - plane / max(float(plane.max()), 1e-3) for plane in planes], axis=0)
-    ink = np.clip((absorbed - SMALL_FLOOR) / (1.0 - SMALL_FLOOR), 0.0, 1.0)
-    background, full = THUMBNAIL_STROKE
-    return np.clip((ink - background) / (full - background), 0.0, 1.0)
+    return np.clip((absorbed - SMALL_FLOOR) / (1.0 - SMALL_FLOOR), 0.0, 1.0)
 
 
 def _unblocked(planes: list[np.ndarray]) -> list[np.ndarray]:

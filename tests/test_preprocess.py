@@ -259,8 +259,8 @@ def test_a_pixel_repeated_enlargement_reads_as_its_source() -> None:
 
 
 @pytest.mark.parametrize("side", [8, 16])
-def test_tiny_sources_are_enlarged_into_strokes_with_soft_edges(side: int) -> None:
+def test_tiny_sources_are_enlarged_smoothly(side: int) -> None:
     result = prepared(encode_image(Image.fromarray(stroke_digit_one(side, thickness=max(1, side // 8)))))
     assert_mnist_like(result)
-    assert np.count_nonzero(result > 0.99) >= 10  # a full core, as MNIST's pen leaves
-    assert np.count_nonzero((result > 0.05) & (result < 0.95)) >= 10  # edges anti-aliased, not blocks
+    levels = np.unique(np.round(result[result > 0], 2))
+    assert levels.size > 10  # anti-aliased, not blocks of one grey
