@@ -38,7 +38,8 @@ def measure(model: nn.Module, val: Digits, nondigits: Digits, is_digit: dict[str
     """Clean and degraded validation accuracy, non-digits rejected, validation digits rejected."""
     result = {"clean": _accuracy(model, val)}
     result |= {variant: _accuracy(model, Digits(degrade_validation(val.images, variant), val.labels)) for variant in ROBUSTNESS_VARIANTS}
-    score, temperature = (is_digit["score"], float(is_digit["temperature"])) if is_digit else ("max_probability", 1.0)
+    # Weights fitted before the score had a temperature scored at 1: they still measure as they served.
+    score, temperature = (is_digit["score"], float(is_digit.get("temperature", 1.0))) if is_digit else ("max_probability", 1.0)
     digit_scores = digit_score(predict(model, val).numpy(), score, temperature)
     threshold = float(is_digit["threshold"]) if is_digit else fit_threshold(digit_scores)
     result["digits_rejected"] = rejected_fraction(digit_scores, threshold)

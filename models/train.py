@@ -401,6 +401,7 @@ def is_digit_report(model: nn.Module, val: Digits, test: Digits, non_digits: int
         "temperature": temperature,
         "threshold": threshold,
         "validation": {**rates("val"), "non_digit_images": len(pools["val"]), "digit_images": len(val)},
+        "validation_non_digits_rejected_by_candidate": {f"{name} at temperature {t:g}": rate for (name, t), rate in rejected.items()},
         "test": {**rates("test"), "non_digit_images": len(pools["test"]), "digit_images": len(test), "non_digit_seed": EVALUATION_SEED},
     }
 

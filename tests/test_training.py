@@ -111,7 +111,8 @@ def test_the_last_clean_epochs_see_unaugmented_images(data_dir: Path, tmp_path: 
 def test_fine_tuning_records_its_init_and_fits_is_digit(trained: Path, data_dir: Path, tmp_path: Path) -> None:
     init = trained / "resnet.pt"
     argv = ["--arch", "resnet", "--epochs", "1", "--train-limit", "128", "--batch-size", "64", "--workers", "0", "--init", str(init)]
-    robust = ["--lowres-p", "0.5", "--binarise-p", "0.5", "--outlier-fraction", "0.25", "--outlier-weight", "0.5", "--selection", "mixed"]
+    robust = ["--lowres-p", "0.5", "--binarise-p", "0.5", "--thumbnail-p", "0.5", "--outlier-fraction", "0.25", "--outlier-weight", "0.5"]
+    robust += ["--selection", "mixed"]
     assert train.main([*argv, *robust, "--data-dir", str(data_dir), "--no-download", "--out", str(tmp_path)]) == 0
     meta = json.loads((tmp_path / "resnet.json").read_text())
     assert meta["recipe"]["init_sha256"] == sha256_file(init)
@@ -121,6 +122,11 @@ def test_fine_tuning_records_its_init_and_fits_is_digit(trained: Path, data_dir:
     block = meta["is_digit"]
     assert block["score"] in {"max_probability", "one_minus_normalised_entropy"} and 0 < block["threshold"] <= 1
     assert block["temperature"] in TEMPERATURES
+    by_candidate = block["validation_non_digits_rejected_by_candidate"]
+    assert len(by_candidate) == 2 * len(TEMPERATURES)  # every score at every temperature
+    chosen = by_candidate[f"{block['score']} at temperature {block['temperature']:g}"]
+    assert chosen == max(by_candidate.values()) == block["validation"]["non_digits_rejected"]
+    assert meta["recipe"]["aug_thumbnail_p"] == 0.5
     assert block["validation"]["digits_rejected"] <= 0.005
     assert {"digits_rejected", "non_digits_rejected"} <= set(block["test"])
 
