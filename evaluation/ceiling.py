@@ -12,7 +12,6 @@ set is never read.
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     train, val = split_validation(load_mnist(args.data_dir, train=True, download=False), 5000, 2024)
-    started = time.perf_counter()
     results: dict[str, dict[str, object]] = {}
     for kind, one_bit in (("8x8 grey", False), ("8x8 1-bit", True)):
         data = (thumbnails(train.images.numpy(), one_bit), train.labels), (thumbnails(val.images.numpy(), one_bit), val.labels)
@@ -91,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
         "split": "validation (5,000 images, split seed 2024); trained on the other 55,000",
         "thumbnail": f"evaluation.corpus.small_digit(digit, {SIDE}); 1-bit at {ONE_BIT_LEVEL} of the brightest pixel",
         "results": results,
-        "wall_s": round(time.perf_counter() - started, 1),
     }
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
