@@ -10,6 +10,11 @@ The corpus (``evaluation.corpus``) renders the same MNIST *test* digits (a seede
 image read as blank) is sent again image by image, so that one refusal costs one error.
 Without ``--url`` the server runs from ``--server-dir`` (default: this checkout) on a free
 loopback port in a process group of its own, which is ended afterwards, whatever happens.
+
+Beside the corpus, one real set from writers outside MNIST is scored the same way: the UCI
+optical-recognition digits as scikit-learn ships them (``load_digits``: 1,797 digits, each an
+8x8 count of ink in 4x4 blocks of a 32x32 scan, 0-16), sent as 8x8 PNGs. Nothing is fitted
+on it.
 """
 
 import argparse
@@ -28,6 +33,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from PIL import Image
 
 from evaluation import corpus, mnist
 from models import nondigits
@@ -202,6 +208,36 @@ def _errors(score: StyleScore, digits: mnist.Digits, index: np.ndarray) -> list[
     return [f"{int(index[i])}: {int(digits.labels[i])} -> {score.predicted[i]}" for i in wrong]
 
 
+@dataclass(frozen=True)
+class SetScore:
+    """How a real set fared: wrong answers as ``"index: label -> answer"`` (-1: refused)."""
+
+    images: int
+    accuracy: float
+    called_not_a_digit: float
+    errors: list[str]
+
+
+def score_uci(http: httpx.Client, *, model: str, batch: int) -> SetScore:
+    """The UCI 8x8 digits (scikit-learn's copy), white on black as the counts are, through ``POST /predict``."""
+    from sklearn.datasets import load_digits  # a dev dependency: only the evaluation reads this set
+
+    uci = load_digits()
+    parts = []
+    for i, counts in enumerate(uci.images):
+        buffer = io.BytesIO()
+        Image.fromarray(np.rint(counts * 255 / 16).astype(np.uint8), mode="L").save(buffer, format="PNG")
+        parts.append(_part("uci-8x8", i, buffer.getvalue()))
+    answers = _predict_all(http, model, parts, batch)
+    predicted = np.asarray([label for label, _ in answers])
+    return SetScore(
+        images=len(parts),
+        accuracy=float(np.mean(predicted == uci.target)),
+        called_not_a_digit=sum(not digit for _, digit in answers) / len(parts),
+        errors=[f"{i}: {uci.target[i]} -> {predicted[i]}" for i in np.flatnonzero(predicted != uci.target)],
+    )
+
+
 def _model_weights(http: httpx.Client) -> dict[str, str | None]:
     info = http.get("/model-info").json()
     return {m["name"]: m["weights"]["sha256"] for m in info["models"]}
@@ -219,6 +255,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=64, help="images per request")
     parser.add_argument("--non-digits-per-kind", type=int, default=125, help="synthetic non-digits of each kind (0: none)")
+    parser.add_argument("--no-uci", dest="uci", action="store_false", help="skip the UCI 8x8 digits (scikit-learn)")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a style misses its target")
     return parser
@@ -236,6 +273,7 @@ def run(args: argparse.Namespace, url: str) -> tuple[list[StyleScore], dict[str,
             s = scores[-1]
             print(f"{s.style:20s} {s.accuracy:8.2%} {s.errors:5d} errors", file=sys.stderr, flush=True)
         rates = score_non_digits(http, args.non_digits_per_kind, model=args.model, batch=args.batch) if args.non_digits_per_kind else {}
+        uci = score_uci(http, model=args.model, batch=args.batch) if args.uci else None
     digit_images = sum(s.images for s in scores)
     return scores, {
         "command": "python -m evaluation.realworld " + " ".join(sys.argv[1:]),
@@ -251,6 +289,7 @@ def run(args: argparse.Namespace, url: str) -> tuple[list[StyleScore], dict[str,
         "digits_called_not_a_digit": sum(s.not_digit for s in scores) / digit_images if digit_images else None,
         "non_digits": rates,
         "non_digit_table": non_digit_table(rates) if rates else None,
+        "uci_8x8": asdict(uci) if uci else None,
     }
 
 
@@ -267,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nreal-world digit images called not a digit: {result['digits_called_not_a_digit']:.2%} (target <= 2%)")
     if result["non_digit_table"]:
         print("\n" + str(result["non_digit_table"]))
+    uci = result["uci_8x8"]
+    if isinstance(uci, dict):
+        print(f"\nUCI 8x8 digits (real, {uci['images']}): {uci['accuracy']:.2%} read, {uci['called_not_a_digit']:.2%} called not a digit")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
