@@ -236,13 +236,13 @@ def _transform(recipe: Recipe) -> Callable[[torch.Tensor], torch.Tensor]:
         recipe.aug_elastic_sigma,
     )
     degradations = Degradations(
-        recipe.aug_stroke_p,
-        recipe.aug_lowres_p,
-        recipe.aug_lowres_sizes,
-        recipe.aug_binarise_p,
-        recipe.aug_contrast_p,
-        recipe.aug_noise_p,
-        recipe.aug_thumbnail_p,
+        stroke_p=recipe.aug_stroke_p,
+        lowres_p=recipe.aug_lowres_p,
+        lowres_sizes=recipe.aug_lowres_sizes,
+        binarise_p=recipe.aug_binarise_p,
+        contrast_p=recipe.aug_contrast_p,
+        noise_p=recipe.aug_noise_p,
+        thumbnail_p=recipe.aug_thumbnail_p,
     )
     return v2.Compose([geometric, degradations]) if degradations.active else geometric
 
