@@ -26,7 +26,7 @@ lint: $(BIN)/.installed-dev
 	$(BIN)/ruff format --check .
 
 typecheck: $(BIN)/.installed-dev
-	$(BIN)/mypy models service bench evaluation tests client/digits_client
+	$(BIN)/mypy core models service weights bench evaluation tests client/digits_client
 
 # The browser test drives Debian's chromium; as root on Debian it is installed here.
 CHROMIUM ?= /usr/bin/chromium

@@ -8,7 +8,7 @@
 Only the server around the model differs. The LitServe side
 (``python -m bench.peer --serve-litserve MODEL``, started by this script) is a ``LitAPI``
 whose steps call this service's own code: the same checkpoints and calibration
-(``service.inference.loader``), the same decoding and preprocessing (``service.preprocess``),
+(``service.inference.loader``), the same decoding and preprocessing (``core.preprocess``),
 the same torch thread count, and LitServe's dynamic batching with the same maximum batch
 size. ``--workers N`` runs ours with N HTTP worker processes (``DIGITS_WORKERS``) and
 LitServe with as many API-server processes (``--litserve-api-servers``), each in front of
@@ -39,10 +39,10 @@ from bench.load import Job, LoadGenerator, write_payloads
 from bench.report import PEER_CONCURRENCY, PEER_MIN_RATIO
 from bench.run import encode_pngs
 from bench.server import ServerProcess, describe_machine
+from core.preprocess import decode_image, to_mnist
 from models.data import load_mnist
 from service.config import Settings
 from service.inference.loader import ServedModel, load_models
-from service.preprocess import decode_image, to_mnist
 
 __all__ = ["main"]
 

@@ -1,9 +1,9 @@
 """Decoding cost per image: ``decode_image`` + ``to_mnist`` on a few kinds of upload, in microseconds.
 
-    python -m bench.preprocess                           # this checkout's service.preprocess
+    python -m bench.preprocess                           # this checkout's core.preprocess
     python -m bench.preprocess --baseline 9ff2348        # and another commit's, side by side, with the ratio
 
-The baseline's ``service/preprocess.py`` is read with ``git show`` and imported under another
+The baseline's preprocessing module is read with ``git show`` and imported under another
 name, so both run in one process on the same bytes, interleaved kind by kind, under the same
 load. Each kind is a set of different MNIST test digits rendered by ``evaluation.corpus``; a
 row is the median over ``--repeats`` passes of the mean time per image of a pass.
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from core import preprocess
 from evaluation import corpus, mnist
-from service import preprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 25_000_000
@@ -49,11 +49,18 @@ KINDS: dict[str, corpus.Render] = {
 
 
 def baseline_module(revision: str) -> types.ModuleType:
-    """``service/preprocess.py`` as of ``revision``, imported as a module of its own."""
-    command = ["git", "show", f"{revision}:service/preprocess.py"]
-    source = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    """The preprocessing module as of ``revision``, imported as a module of its own.
+
+    It is ``core/preprocess.py``, or ``service/preprocess.py`` in revisions older than the core.
+    """
+    for path in ("core/preprocess.py", "service/preprocess.py"):
+        shown = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=ROOT, capture_output=True, text=True)
+        if shown.returncode == 0:
+            break
+    else:
+        raise SystemExit(f"{revision} has no preprocessing module: {shown.stderr.strip()}")
     module = types.ModuleType(f"preprocess_{revision}")
-    exec(compile(source, f"{revision}:service/preprocess.py", "exec"), module.__dict__)
+    exec(compile(shown.stdout, f"{revision}:{path}", "exec"), module.__dict__)
     return module
 
 
@@ -74,7 +81,7 @@ def time_per_image(prepare: Prepare, images: list[bytes]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--baseline", help="a git revision whose service/preprocess.py runs beside this one")
+    parser.add_argument("--baseline", help="a git revision whose preprocessing runs beside this one")
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--images", type=int, default=50, help="different digits per kind")
     parser.add_argument("--repeats", type=int, default=15)

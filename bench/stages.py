@@ -44,9 +44,10 @@ import numpy as np
 from bench.load import build_bodies
 from bench.run import encode_pngs
 from bench.server import describe_machine
-from models.spec import CLASSES, INPUT_SHAPE
+from core.digit_rule import DigitRule
+from core.spec import CLASSES, INPUT_SHAPE
 from service.config import Settings
-from service.handler import Classification, DigitRule, decode_files, encode_predictions
+from service.handler import Classification, decode_files, encode_predictions
 from service.inference.backend import BackendStatus
 from service.inference.remote import RemoteBackend
 from service.inference.server import InferenceServer
@@ -287,7 +288,7 @@ def measure_stages(
     raw = [RawImage(0, "digit-0.png", png)]
     decode = timer.sync(lambda: decode_files(raw, settings.max_image_pixels))
     rows.append(_row("decode", "PNG decode + preprocessing to 28x28 (decode_files)", decode))
-    inputs = decode_files(raw, settings.max_image_pixels)
+    inputs = decode_files(raw, settings.max_image_pixels).pixels
 
     import torch
 

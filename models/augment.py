@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from service.errors import InputError
-from service.preprocess import to_mnist
+from core.errors import InputError
+from core.preprocess import to_mnist
 
 __all__ = [
     "ROBUSTNESS_VARIANTS",
@@ -100,7 +100,7 @@ def as_thumbnail(image: torch.Tensor, side: int, margin: float, threshold: float
 
     The ink's box, framed square with ``margin`` (1.0 = touching), area-averaged to
     ``side`` x ``side``; 1-bit where ``threshold`` (a share of the brightest pixel) is given;
-    then ``service.preprocess.to_mnist``. A digit that vanishes is returned unchanged.
+    then ``core.preprocess.to_mnist``. A digit that vanishes is returned unchanged.
     """
     pixels = image.reshape(28, 28).numpy().astype(np.float32) / 255.0
     rows, cols = np.flatnonzero(pixels.max(axis=1) > 0), np.flatnonzero(pixels.max(axis=0) > 0)

@@ -3,7 +3,7 @@
 Pure numpy and Pillow (no torch), so training, the is_digit threshold fitting and the tests
 all draw from the same generator. Every image is rendered at a realistic upload size
 (48-160 px) and then brought to the models' 28x28 form by the service's own
-``service.preprocess.to_mnist``, so training sees exactly what serving would see.
+``core.preprocess.to_mnist``, so training sees exactly what serving would see.
 
 Seeds (one generator per pool, never shared):
 
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from service.errors import InputError
-from service.preprocess import to_mnist
+from core.errors import InputError
+from core.preprocess import to_mnist
 
 __all__ = [
     "EVALUATION_SEED",

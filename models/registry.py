@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from core.spec import ARCHITECTURE_NAMES, CLASSES, ENSEMBLE, INPUT_SHAPE, MNIST_MEAN, MNIST_STD, SERVED_MODELS
 from models.inception import InceptionNet
 from models.residual import ResidualNet
-from models.spec import ARCHITECTURE_NAMES, CLASSES, ENSEMBLE, INPUT_SHAPE, MNIST_MEAN, MNIST_STD, SERVED_MODELS
 
 __all__ = [
     "ARCHITECTURES",

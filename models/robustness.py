@@ -19,12 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.digit_rule import digit_score, fit_threshold, rejected_fraction
 from models.augment import ROBUSTNESS_VARIANTS, degrade_validation
 from models.checkpoint import load_classifier, load_ensemble
 from models.data import Digits, load_mnist, split_validation
 from models.evaluate import predict
 from models.nondigits import VALIDATION_SEED, nondigit_pool
-from models.outliers import digit_score, fit_threshold, rejected_fraction
 from models.registry import ARCHITECTURES, ENSEMBLE
 
 __all__ = ["main", "measure"]

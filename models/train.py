@@ -45,6 +45,8 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from core.digit_rule import SCORES, TEMPERATURES, digit_score, fit_threshold, rejected_fraction
+from core.preprocess import PREPROCESSING_VERSION
 from models.augment import ROBUSTNESS_VARIANTS, Degradations, degrade_validation
 from models.calibration import CalibratedClassifier, Ensemble, expected_calibration_error, fit_temperature
 from models.checkpoint import load_classifier, load_ensemble, metadata_path, read_metadata, sha256_file, weights_path
@@ -52,7 +54,6 @@ from models.complexity import count_macs, count_parameters
 from models.data import AugmentedDigits, Digits, augmentation, load_mnist, normalise, split_validation
 from models.evaluate import classification_report, predict
 from models.nondigits import EVALUATION_SEED, TRAIN_SEED, VALIDATION_SEED, nondigit_pool
-from models.outliers import SCORES, TEMPERATURES, digit_score, fit_threshold, rejected_fraction
 from models.plots import plot_confusion, plot_learning_curves
 from models.registry import ARCHITECTURES, ENSEMBLE, build
 
@@ -397,6 +398,7 @@ def is_digit_report(model: nn.Module, val: Digits, test: Digits, non_digits: int
 
     return {
         "method": IS_DIGIT_METHOD,
+        "preprocessing_version": PREPROCESSING_VERSION,
         "score": score,
         "temperature": temperature,
         "threshold": threshold,

@@ -33,9 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve_workers(settings)
     from service.app import create_app
-    from service.server import serve
+    from service.server import serve_http
 
-    return 0 if serve(create_app(settings), settings) else 1
+    return 0 if serve_http(create_app(settings), settings) else 1
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.spec import SERVED_MODELS
+import weights
+from core.spec import SERVED_MODELS
 
 __all__ = ["Settings"]
 
@@ -26,7 +27,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, validation_alias=AliasChoices("PORT", "DIGITS_PORT"), description="bind port")
 
     workers: int = Field(1, ge=1, description="HTTP worker processes; above 1, one more process runs the models for all of them")
-    weights_dir: Path = Field(Path(__file__).resolve().parent.parent / "weights", description="checkpoints and their metadata")
+    weights_dir: Path = Field(weights.DIRECTORY, description="checkpoints and their metadata (default: the ones the package ships)")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto picks CUDA, then MPS, then CPU")
     torch_threads: int = Field(0, ge=0, description="intra-op threads for forward passes; 0 = one per CPU core not left to an HTTP worker")
     default_model: ModelName = Field("ensemble", description="model used when a request names none")

@@ -8,8 +8,9 @@ import hmac
 
 from fastapi import Request
 
+from core.errors import InputError
 from service.config import Settings
-from service.errors import InputError, Overloaded
+from service.errors import Overloaded
 from service.handler import DigitClassifier
 
 __all__ = ["get_handler", "ready_handler", "require_api_key"]

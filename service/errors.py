@@ -1,17 +1,10 @@
-"""The one error type a client's bad input becomes, and the overload error."""
+"""The overload error, and how serving words the input errors of ``core.errors``."""
 
 from pydantic import ValidationError
 
-__all__ = ["InputError", "Overloaded", "error_body", "invalid_body"]
+from core.errors import InputError
 
-
-class InputError(ValueError):
-    """Bad client input; becomes a 4xx JSON response with ``message`` as its detail."""
-
-    def __init__(self, message: str, status_code: int = 422) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
+__all__ = ["Overloaded", "error_body", "invalid_body"]
 
 
 class Overloaded(RuntimeError):

@@ -9,43 +9,27 @@ own response around ``model``, ``predict`` and, for image files, ``decode``.
 import asyncio
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 import anyio.to_thread
 import numpy as np
 
-from models.outliers import digit_score
-from models.spec import SERVED_MODELS
+from core.digit_rule import DigitRule
+from core.errors import InputError
+from core.preprocess import Blank, decode_image, to_mnist
+from core.spec import INPUT_SHAPE, SERVED_MODELS
 from service.config import Settings
-from service.errors import InputError, Overloaded
+from service.errors import Overloaded
 from service.inference.backend import InferenceBackend
-from service.preprocess import decode_image, describe, to_mnist
 from service.schemas import Prediction, PredictResponse
-from service.uploads import RawImage
+from service.uploads import RawImage, input_name
 
-__all__ = ["Classification", "DigitClassifier", "DigitRule", "decode_files", "encode_predictions"]
+__all__ = ["Classification", "DigitClassifier", "Images", "decode_files", "encode_predictions"]
 
 # Up to this many bytes of images are decoded on the event loop (a 28x28 PNG takes tens of
 # microseconds, less than a thread hand-off); more go to a thread so that one large upload
 # cannot stall other requests.
 INLINE_DECODE_BYTES = 16 * 1024
-
-
-@dataclass(frozen=True)
-class DigitRule:
-    """How a model decides "is this a digit at all": a score of its probabilities, softened by a
-    temperature, against a threshold; all three fitted on validation data (``models.outliers``;
-    the method is in the weights' metadata)."""
-
-    score: str
-    temperature: float
-    threshold: float
-
-    @classmethod
-    def of(cls, card: dict[str, Any]) -> "DigitRule":
-        block = card["is_digit"]
-        return cls(block["score"], float(block["temperature"]), float(block["threshold"]))
 
 
 @dataclass(frozen=True)
@@ -60,21 +44,42 @@ class Classification:
     is_digit: np.ndarray
 
     @classmethod
-    def of(cls, probabilities: np.ndarray, rule: DigitRule) -> "Classification":
+    def of(cls, probabilities: np.ndarray, rule: DigitRule, blank: np.ndarray | None = None) -> "Classification":
+        """``blank`` marks images with no ink at all: their score is 0 and they are not digits."""
         labels = probabilities.argmax(axis=1)
-        score = digit_score(probabilities, rule.score, rule.temperature)
-        return cls(probabilities, labels, probabilities[np.arange(len(labels)), labels], score, score >= rule.threshold)
+        score = rule.scores(probabilities)
+        digit = score >= rule.threshold
+        if blank is not None:
+            score, digit = np.where(blank, 0.0, score), digit & ~blank
+        return cls(probabilities, labels, probabilities[np.arange(len(labels)), labels], score, digit)
 
 
-def decode_files(images: list[RawImage], max_pixels: int) -> np.ndarray:
-    """N x 1 x 28 x 28 float32 intensities in [0, 1]; the first bad image stops the request."""
-    batch = np.empty((len(images), 1, 28, 28), dtype=np.float32)
+@dataclass(frozen=True)
+class Images:
+    """Decoded uploads: N x 1 x 28 x 28 float32 intensities in [0, 1], and which of them had no ink
+    (those are all zeros, the empty MNIST canvas, and are answered ``is_digit: false``)."""
+
+    pixels: np.ndarray
+    blank: np.ndarray
+
+    @classmethod
+    def of(cls, pixels: np.ndarray) -> "Images":
+        """Pixels that arrive as tensors (V2): an all-zero image is as blank as an empty upload."""
+        return cls(pixels, np.asarray(~(pixels.reshape(len(pixels), -1) > 0).any(axis=1)))
+
+
+def decode_files(images: list[RawImage], max_pixels: int) -> Images:
+    """Every image that decodes is an answer; the first one that does not stops the request."""
+    pixels = np.zeros((len(images), *INPUT_SHAPE), dtype=np.float32)
+    blank = np.zeros(len(images), dtype=bool)
     for image in images:
         try:
-            batch[image.index, 0] = to_mnist(decode_image(image.data, max_pixels=max_pixels))
+            pixels[image.index, 0] = to_mnist(decode_image(image.data, max_pixels=max_pixels))
+        except Blank:
+            blank[image.index] = True
         except InputError as exc:
-            raise InputError(f"{describe(image.index, image.filename)} {exc.message}", exc.status_code) from None
-    return batch
+            raise InputError(f"{input_name(image.index, image.filename)} {exc.message}", exc.status_code) from None
+    return Images(pixels, blank)
 
 
 def encode_predictions(model: str, result: Classification, inputs: np.ndarray | None = None) -> PredictResponse:
@@ -111,18 +116,18 @@ class DigitClassifier:
             raise InputError(f"unknown model {chosen!r}; available: {', '.join(SERVED_MODELS)}", status_code=404)
         return chosen
 
-    async def decode(self, images: list[RawImage]) -> np.ndarray:
+    async def decode(self, images: list[RawImage]) -> Images:
         if sum(len(image.data) for image in images) <= INLINE_DECODE_BYTES:
             return decode_files(images, self.settings.max_image_pixels)
         return await anyio.to_thread.run_sync(decode_files, images, self.settings.max_image_pixels, limiter=self.decode_limiter)
 
-    async def predict(self, model: str, images: np.ndarray) -> Classification:
+    async def predict(self, model: str, images: Images) -> Classification:
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):  # unlike wait_for, no extra task
-                probabilities = await self.backend.predict(model, images)
+                probabilities = await self.backend.predict(model, images.pixels)
         except TimeoutError:
             raise Overloaded(f"inference on {model!r} did not finish within {self.settings.request_timeout_s} s") from None
-        return Classification.of(probabilities, await self.digit_rule(model))
+        return Classification.of(probabilities, await self.digit_rule(model), images.blank)
 
     async def digit_rule(self, model: str) -> DigitRule:
         """From the backend's model cards, asked once: the metadata beside the weights holds it."""

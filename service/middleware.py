@@ -11,7 +11,8 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import InputError, error_body
+from core.errors import InputError
+from service.errors import error_body
 from service.metrics import Metrics
 
 __all__ = ["AccessLogMiddleware", "BodyLimitMiddleware"]

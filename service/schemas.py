@@ -40,10 +40,13 @@ class Prediction(BaseModel):
     confidence: float = Field(ge=0, le=1, description="calibrated probability of the predicted digit")
     probabilities: list[float] = Field(min_length=10, max_length=10, description="calibrated probability of 0..9")
     is_digit: bool = Field(
-        description="false when the image does not look like one handwritten digit; label and probabilities are still given"
+        description="false when the image does not look like one handwritten digit, or holds no ink at all (a blank image); "
+        "label and probabilities are still given (for a blank image, the model's answer for an empty 28x28, which means nothing)"
     )
     digit_score: float = Field(
-        ge=0, le=1, description="how digit-like the image is; is_digit is digit_score >= the model's threshold (/model-info)"
+        ge=0,
+        le=1,
+        description="how digit-like the image is (0 for a blank image); is_digit is digit_score >= the model's threshold (/model-info)",
     )
     input: list[list[float]] | None = Field(
         None, description="the 28x28 image the model saw (0 = background, 1 = ink); only with ?include_input=true"
@@ -82,7 +85,10 @@ class ModelInfo(BaseModel):
     weights: WeightsInfo
     metrics: dict[str, Any] = Field(description="test and validation accuracy from training")
     calibration: dict[str, Any]
-    is_digit: dict[str, Any] | None = Field(None, description="how is_digit is decided: method, score, temperature, threshold, rates")
+    is_digit: dict[str, Any] | None = Field(
+        None, description="how is_digit is decided: method, score, temperature, threshold, rates, and the preprocessing version fitted with"
+    )
+    preprocessing_version: int = Field(description="the preprocessing this server runs; is_digit is measured where the two versions agree")
     recipe: dict[str, Any] | None = Field(None, description="the training recipe (None for the ensemble)")
     cuda_graphs: bool = Field(description="forward passes replay captured CUDA graphs")
     batches: int = Field(description="forward passes run since start")

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from service.config import Settings
 from service.handler import DigitClassifier
 
-__all__ = ["DrainingServer", "configure_logging", "serve"]
+__all__ = ["DrainingServer", "configure_logging", "serve_http"]
 
 
 class DrainingServer(uvicorn.Server):
@@ -47,7 +47,7 @@ def configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s", stream=sys.stdout, force=True)
 
 
-def serve(app: FastAPI, settings: Settings, sockets: list[socket.socket] | None = None) -> bool:
+def serve_http(app: FastAPI, settings: Settings, sockets: list[socket.socket] | None = None) -> bool:
     """Serve until a stop signal; whether the server started."""
     server = DrainingServer(app, settings)
     server.run(sockets=sockets)

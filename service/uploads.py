@@ -9,12 +9,20 @@ from pydantic import ValidationError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from core.errors import InputError
 from service.config import Settings
-from service.errors import InputError, invalid_body
-from service.preprocess import describe
+from service.errors import invalid_body
 from service.schemas import PredictJSONRequest
 
-__all__ = ["RawImage", "read_request"]
+__all__ = ["RawImage", "input_name", "read_request"]
+
+
+def input_name(index: int, filename: str | None) -> str:
+    """How an error message names an input: its position and, where known, its file name."""
+    if filename:
+        safe = filename.replace("\n", " ")[:100]
+        return f"image {index} ({safe!r})"
+    return f"image {index}"
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,7 @@ def _check_count(count: int, settings: Settings) -> None:
 def _check_size(image: RawImage, settings: Settings) -> RawImage:
     if len(image.data) > settings.max_file_bytes:
         raise InputError(
-            f"{describe(image.index, image.filename)} has {len(image.data)} bytes, above the limit of {settings.max_file_bytes}",
+            f"{input_name(image.index, image.filename)} has {len(image.data)} bytes, above the limit of {settings.max_file_bytes}",
             status_code=413,
         )
     return image
@@ -132,7 +140,7 @@ async def _read_json(request: Request, settings: Settings) -> list[RawImage]:
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
-            raise InputError(f"{describe(index, None)} is not valid base64") from None
+            raise InputError(f"{input_name(index, None)} is not valid base64") from None
         images.append(_check_size(RawImage(index, None, data), settings))
     return images
 

@@ -48,20 +48,20 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _run_inference(settings: Settings, socket_path: Path, workers: int, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
-    from service.inference.server import serve  # torch: imported only in this process
+    from service.inference.server import serve_inference  # torch: imported only in this process
     from service.server import configure_logging
 
     configure_logging(settings)
-    asyncio.run(serve(settings, socket_path, workers))
+    asyncio.run(serve_inference(settings, socket_path, workers))
 
 
 def _run_http_worker(settings: Settings, listener: socket.socket, socket_path: Path, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
     from service.app import create_app
-    from service.server import configure_logging, serve
+    from service.server import configure_logging, serve_http
 
     configure_logging(settings)
-    serve(create_app(settings, inference_socket=socket_path), settings, sockets=[listener])
+    serve_http(create_app(settings, inference_socket=socket_path), settings, sockets=[listener])
 
 
 def _stop(processes: Sequence[BaseProcess], grace_s: float) -> None:

@@ -75,10 +75,24 @@ async def test_bad_input_is_a_clear_4xx(client: httpx.AsyncClient, kwargs: dict[
     assert message in response.json()["detail"]
 
 
-async def test_blank_image_is_422(client: httpx.AsyncClient) -> None:
+async def test_a_blank_image_is_answered_in_its_place(client: httpx.AsyncClient) -> None:
+    """An image that decodes is an answer: the blank one is not a digit, the others are untouched."""
     blank = png_bytes(np.zeros((28, 28), np.uint8))
-    response = await client.post("/predict", files=[("files", ("blank.png", blank, "image/png"))])
-    assert response.status_code == 422 and "image 0 ('blank.png') is blank" in response.json()["detail"]
+    paper = png_bytes(np.full((60, 40), 255, np.uint8))
+    digits = [("files", (f"{i}.png", ONE, "image/png")) for i in range(198)]
+    files = [*digits[:100], ("files", ("blank.png", blank, "image/png")), *digits[100:], ("files", ("paper.png", paper, "image/png"))]
+    alone = (await client.post("/predict", files=digits[:1])).json()["predictions"][0]
+    response = await client.post("/predict?include_input=true", files=files)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == 200
+    for index in (100, 199):
+        assert predictions[index]["is_digit"] is False and predictions[index]["digit_score"] == 0.0
+        assert predictions[index]["input"] == [[0.0] * 28] * 28
+        assert len(predictions[index]["probabilities"]) == 10
+    for prediction in predictions[:100] + predictions[101:199]:
+        assert prediction["label"] == alone["label"] and prediction["is_digit"] is True
+        assert prediction["probabilities"] == pytest.approx(alone["probabilities"], abs=1e-6)
 
 
 async def test_unknown_model_is_404(client: httpx.AsyncClient) -> None:

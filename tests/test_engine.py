@@ -14,7 +14,7 @@ import pytest
 
 from service.config import Settings
 from service.errors import Overloaded
-from service.handler import DigitClassifier
+from service.handler import DigitClassifier, Images
 from service.inference import engine as engine_module
 from service.inference.engine import Engine
 from service.inference.loader import ServedModel, batch_buckets, load_models
@@ -69,10 +69,10 @@ async def test_a_request_that_outlives_its_timeout_is_answered_overloaded(monkey
         await engine.warm_up()
         slow.set()
         with pytest.raises(Overloaded, match=r"did not finish within 0\.1 s"):
-            await handler.predict("resnet", np.zeros((1, 1, 28, 28), np.float32))
+            await handler.predict("resnet", Images.of(np.zeros((1, 1, 28, 28), np.float32)))
         slow.clear()
         await asyncio.sleep(0.3)  # the slow pass finishes; the model serves again
-        assert (await handler.predict("resnet", np.zeros((2, 1, 28, 28), np.float32))).probabilities.shape == (2, 10)
+        assert (await handler.predict("resnet", Images.of(np.zeros((2, 1, 28, 28), np.float32)))).probabilities.shape == (2, 10)
     finally:
         await engine.stop()
 

@@ -28,11 +28,11 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from core.errors import InputError
+from core.preprocess import ALLOWED_FORMATS, decode_image, to_mnist
 from models.registry import SERVED_MODELS
 from service.app import create_app
 from service.config import Settings
-from service.errors import InputError
-from service.preprocess import ALLOWED_FORMATS, decode_image, to_mnist
 from tests.conftest import WEIGHTS, LiveServer, encode_image, start_server, stop_server, stroke_digit_one
 
 # --- schemathesis ---------------------------------------------------------------------

@@ -1,16 +1,19 @@
 """Preprocessing on synthetic images: every real-world form becomes an MNIST-like digit."""
 
+import hashlib
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+import weights
+from core.errors import InputError
+from core.preprocess import PREPROCESSING_VERSION, Blank, decode_image, to_mnist
 from evaluation import corpus, mnist
-from service.errors import InputError
-from service.preprocess import decode_image, to_mnist
-from tests.conftest import encode_image, stroke_digit_one
+from tests.conftest import encode_image, png_bytes, stroke_digit_one
 
 LIMIT = 25_000_000
 NOISE = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64), dtype=np.uint8))
@@ -127,11 +130,10 @@ def test_other_formats(fmt: str) -> None:
 
 
 @pytest.mark.parametrize("background", [0, 255])
-def test_blank_image_is_refused(background: int) -> None:
+def test_a_blank_image_is_blank(background: int) -> None:
     blank = np.full((50, 50), background, dtype=np.uint8)
-    with pytest.raises(InputError, match="blank") as info:
+    with pytest.raises(Blank, match="blank"):
         prepared(encode_image(Image.fromarray(blank)))
-    assert info.value.status_code == 422
 
 
 def test_too_many_pixels_is_refused_before_decoding() -> None:
@@ -222,9 +224,8 @@ def paper(shade: int, size: int = 300, *, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("shade", [180, 210, 240])
 def test_a_photo_of_blank_paper_is_blank(shade: int) -> None:
-    with pytest.raises(InputError, match="blank") as info:
+    with pytest.raises(Blank, match="blank"):
         prepared(encode_image(Image.fromarray(paper(shade)).convert("RGB"), "JPEG", quality=70))
-    assert info.value.status_code == 422
 
 
 def test_dark_ink_on_grey_unevenly_lit_paper_reads_as_on_white() -> None:
@@ -264,3 +265,48 @@ def test_tiny_sources_are_enlarged_smoothly(side: int) -> None:
     assert_mnist_like(result)
     levels = np.unique(np.round(result[result > 0], 2))
     assert levels.size > 10  # anti-aliased, not blocks of one grey
+
+
+# What ``to_mnist`` makes of a fixed set of inputs, per PREPROCESSING_VERSION: the is_digit
+# thresholds in weights/*.json were fitted with the version they record, so a change of
+# behaviour must come with a new version (and refitted thresholds), never silently.
+FINGERPRINTS = {1: "08bd67eeb3c52f1b9a4a4e971fc11d41dc9c167d8f0398d83d4c8405d43ead9a"}
+
+
+def fingerprint_inputs() -> list[bytes]:
+    """Every path through the preprocessing: MNIST-like, canvas alpha, paper photos, thumbnails, 1-bit."""
+    one = stroke_digit_one(28, thickness=3)
+    big = stroke_digit_one(200, thickness=18)
+    page = paper(200, 200, seed=3)
+    page[big > 0] = 40
+    rgba = np.zeros((120, 120, 4), np.uint8)
+    rgba[..., 3] = np.asarray(Image.fromarray(stroke_digit_one(120, thickness=10)).rotate(15))
+    thumbnail = np.asarray(Image.fromarray(255 - stroke_digit_one(64, thickness=8)).resize((8, 8), Image.Resampling.BOX))
+    return [
+        png_bytes(one),
+        png_bytes(255 - big),
+        encode_image(Image.fromarray(page).convert("RGB"), "JPEG", quality=80),
+        encode_image(Image.fromarray(page), "PNG"),
+        encode_image(Image.fromarray(rgba, "RGBA")),
+        png_bytes(thumbnail),
+        encode_image(Image.fromarray(255 - big).convert("1"), "PNG"),
+        encode_image(Image.fromarray(big).rotate(30, expand=True).resize((90, 70)), "BMP"),
+    ]
+
+
+def preprocessing_fingerprint() -> str:
+    outputs = [np.round(prepared(data) * 255).astype(np.uint8) for data in fingerprint_inputs()]
+    return hashlib.sha256(b"".join(output.tobytes() for output in outputs)).hexdigest()
+
+
+def test_the_preprocessing_version_names_its_behaviour() -> None:
+    assert preprocessing_fingerprint() == FINGERPRINTS[PREPROCESSING_VERSION], (
+        "core.preprocess changed what it makes of an image: raise PREPROCESSING_VERSION, record the new fingerprint here, "
+        "and refit every is_digit threshold (python -m models.train --arch NAME --fit-is-digit)"
+    )
+
+
+def test_every_checkpoint_records_the_preprocessing_it_was_fitted_with() -> None:
+    for name in ("inception", "resnet", "ensemble"):
+        metadata = json.loads((weights.DIRECTORY / f"{name}.json").read_text())
+        assert metadata["is_digit"]["preprocessing_version"] == PREPROCESSING_VERSION, name

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.digit_rule import TEMPERATURES
 from models import evaluate, train
 from models.checkpoint import CheckpointError, load_classifier, sha256_file
 from models.data import AugmentedDigits
-from models.outliers import TEMPERATURES
 from models.registry import ARCHITECTURES
 
 ROOT = Path(__file__).resolve().parent.parent

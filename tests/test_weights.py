@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
+from core.digit_rule import is_digit
 from models.calibration import expected_calibration_error
 from models.checkpoint import load_classifier, load_ensemble, sha256_file
 from models.data import Digits
 from models.evaluate import classification_report, predict
 from models.nondigits import EVALUATION_SEED, nondigit_pool
-from models.outliers import is_digit
 from models.registry import ARCHITECTURES, SERVED_MODELS
 from models.train import DEFAULT_RECIPES
 from tests.conftest import WEIGHTS

@@ -9,7 +9,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from service.errors import InputError, Overloaded, error_body
+from core.errors import InputError
+from service.errors import Overloaded, error_body
 from service.schemas import ErrorResponse
 
 __all__ = ["ERRORS", "register_error_handlers"]

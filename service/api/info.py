@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from models.spec import CLASSES, INPUT_SHAPE
+from core.spec import CLASSES, INPUT_SHAPE
 from service import __version__
 from service.dependencies import get_handler, ready_handler
 from service.handler import DigitClassifier

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from models.spec import SERVED_MODELS
+from core.spec import SERVED_MODELS
 from service.api.errors import ERRORS
 from service.dependencies import ready_handler, require_api_key
 from service.handler import DigitClassifier, encode_predictions
@@ -46,8 +46,8 @@ async def predict(
     name = handler.model(model)
     request.state.model = name
     images = await handler.decode(await read_request(request, handler.settings))
-    request.state.images = len(images)
+    request.state.images = len(images.pixels)
     result = await handler.predict(name, images)
-    response = encode_predictions(name, result, images if include_input else None)
+    response = encode_predictions(name, result, images.pixels if include_input else None)
     # Already validated: serialised once in pydantic-core instead of FastAPI re-validating.
     return Response(response.model_dump_json(), media_type="application/json")

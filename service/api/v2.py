@@ -19,10 +19,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from core.errors import InputError
 from service import __version__
 from service.dependencies import get_handler, ready_handler, require_api_key
-from service.errors import InputError, invalid_body
-from service.handler import Classification, DigitClassifier
+from service.errors import invalid_body
+from service.handler import Classification, DigitClassifier, Images
 from service.schemas import (
     V2Error,
     V2InferenceRequest,
@@ -206,12 +207,12 @@ def _add_model_routes(path: str, model: Callable[..., Any]) -> None:
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/V2InferenceRequest"}}},
+                "content": {"application/json": {"schema": {"$ref": INFER_SCHEMA}}},
             }
         },
     )
     async def infer(request: Request, name: Model, handler: Annotated[DigitClassifier, Depends(ready_handler)]) -> Response:
-        """Probabilities and labels for a batch of 28x28 images."""
+        """Probabilities and labels for a batch of 28x28 images (an all-zero image is not a digit)."""
         body, binary = await read_infer_request(request)
         if len(body.inputs) != 1:
             raise InputError(f"expected exactly one input tensor, got {len(body.inputs)}", 400)
@@ -219,7 +220,7 @@ def _add_model_routes(path: str, model: Callable[..., Any]) -> None:
         images = to_images(body.inputs[0], binary, handler.settings.max_images_per_request)
         request.state.model = name
         request.state.images = len(images)
-        return encode_outputs(body, requested, name, await handler.predict(name, images))
+        return encode_outputs(body, requested, name, await handler.predict(name, Images.of(images)))
 
 
 _add_model_routes("/models/{name}", served_model)

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.registry import INPUT_SHAPE
+from core.preprocess import PREPROCESSING_VERSION
+from core.spec import INPUT_SHAPE
 from service.config import Settings
 from service.inference.backend import BackendStatus
 from service.inference.batching import DynamicBatcher
@@ -109,6 +110,7 @@ class Engine:
             "metrics": {k: v for k, v in meta["metrics"].items() if k != "confusion_matrix"},
             "calibration": meta["calibration"],
             "is_digit": meta.get("is_digit"),
+            "preprocessing_version": PREPROCESSING_VERSION,
             "recipe": meta.get("recipe"),
             "batches": stats.batches,
             "images": stats.images,

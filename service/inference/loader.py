@@ -13,10 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.preprocess import PREPROCESSING_VERSION
 from models.checkpoint import load_classifier, load_ensemble
 from models.registry import ARCHITECTURES, ENSEMBLE, INPUT_SHAPE, MNIST_MEAN, MNIST_STD
 
-__all__ = ["ServedModel", "batch_buckets", "load_models", "select_device"]
+__all__ = ["ServedModel", "batch_buckets", "check_preprocessing", "load_models", "select_device"]
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,18 @@ class ServedModel:
     graphs: CudaGraphs | None = field(default=None, repr=False)
 
     def capture_graphs(self, max_batch_size: int) -> None:
-        """On CUDA, capture a graph per batch bucket; passes then replay them."""
-        if self.device.type == "cuda":
+        """On CUDA, capture a graph per batch bucket; passes then replay them.
+
+        A capture that fails (a driver, an allocator or an operator that graphs do not support)
+        leaves this model on eager passes, which compute the same outputs more slowly.
+        """
+        if self.device.type != "cuda":
+            return
+        try:
             self.graphs = CudaGraphs(self.module, self.device, max_batch_size)
+        except Exception as exc:  # torch raises RuntimeError and driver-specific types alike
+            self.graphs = None
+            log.warning("CUDA graph capture failed for %s, serving it with eager passes: %s", self.name, exc)
 
     def forward(self, images: np.ndarray) -> np.ndarray:
         """Probabilities for N x 1 x 28 x 28 float32 intensities in [0, 1]; runs in the engine's one torch thread."""
@@ -128,4 +138,21 @@ def load_models(weights_dir: Path, device: torch.device, threads: int = 1) -> di
     served[ENSEMBLE] = ServedModel(ENSEMBLE, ensemble.to(device), meta, device, None, None, threads)
     for model in served.values():
         log.info("loaded %s on %s (%s)", model.name, device, model.sha256 or "members " + ", ".join(meta["members"]))
+        check_preprocessing(model.name, model.metadata)
     return served
+
+
+def check_preprocessing(name: str, metadata: dict[str, Any]) -> bool:
+    """Whether ``name``'s is_digit threshold was fitted with the preprocessing this server runs;
+    a warning when not: its answers stay well-formed, but their ``is_digit`` rates are unmeasured."""
+    fitted = (metadata.get("is_digit") or {}).get("preprocessing_version")
+    if fitted == PREPROCESSING_VERSION:
+        return True
+    log.warning(
+        "%s: its is_digit threshold was fitted with preprocessing version %s, but this server preprocesses with version %s; "
+        "refit it (python -m models.train --arch NAME --fit-is-digit) before trusting is_digit",
+        name,
+        fitted,
+        PREPROCESSING_VERSION,
+    )
+    return False

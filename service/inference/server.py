@@ -20,7 +20,7 @@ from service.inference.engine import Engine
 from service.inference.wire import Frame, Kind, images_from, pack, read_frame
 from service.metrics import Metrics
 
-__all__ = ["InferenceServer", "serve"]
+__all__ = ["InferenceServer", "serve_inference"]
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class InferenceServer:
             writer.write(reply)
 
 
-async def serve(settings: Settings, socket_path: Path, expected_workers: int) -> None:
+async def serve_inference(settings: Settings, socket_path: Path, expected_workers: int) -> None:
     """Load, listen, warm up, then serve until SIGTERM; SIGINT is the parent's to handle."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

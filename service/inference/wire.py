@@ -13,7 +13,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from models.spec import CLASSES, INPUT_SHAPE
+from core.spec import CLASSES, INPUT_SHAPE
 
 __all__ = ["Frame", "Kind", "images_from", "pack", "probabilities_from", "read_frame"]
 

@@ -14,9 +14,15 @@ import io
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from service.errors import InputError
+from core.errors import InputError
 
-__all__ = ["ALLOWED_FORMATS", "decode_image", "describe", "to_mnist"]
+__all__ = ["ALLOWED_FORMATS", "PREPROCESSING_VERSION", "Blank", "decode_image", "to_mnist"]
+
+# What ``to_mnist`` makes of an image, as a number: every checkpoint's metadata records the
+# version its is_digit thresholds (and training data) were made with, and the server warns when
+# they differ. tests/test_preprocess.py pins a fingerprint of the output per version, so a
+# change of behaviour fails there until this is raised and the thresholds are refitted.
+PREPROCESSING_VERSION = 1
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 SIZE = 28
@@ -27,12 +33,8 @@ COLOUR_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "P", "PA", "CMYK", "YCbCr")  # re
 WORKING_SIZE = 1024  # larger images are first reduced to this: the digit ends up 20 px anyway
 
 
-def describe(index: int, filename: str | None) -> str:
-    """How an error message names an input: its position and, where known, its file name."""
-    if filename:
-        safe = filename.replace("\n", " ")[:100]
-        return f"image {index} ({safe!r})"
-    return f"image {index}"
+class Blank(InputError):
+    """The image decoded but holds no ink: nothing to read, which is an answer, not an error."""
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -366,7 +368,7 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     ink, white_on_black = _ink(image)
     peak = float(ink.max())
     if peak <= INK_THRESHOLD:
-        raise InputError("is blank: no digit found (every pixel has the background colour)")
+        raise Blank("is blank: no digit found (every pixel has the background colour)")
     if white_on_black and ink.shape == (SIZE, SIZE):
         return ink
     return _centre_by_mass(_fit_box(ink / peak))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from models.outliers import SCORES, TEMPERATURES, digit_score, fit_threshold, is_digit, rejected_fraction
+from core.digit_rule import SCORES, TEMPERATURES, digit_score, fit_threshold, is_digit, rejected_fraction
 
 
 def _rows(confidences: list[float]) -> np.ndarray:

@@ -13,11 +13,22 @@ Each served model's score, temperature and threshold are fitted on validation da
 are the pair that then rejects the most validation non-digits (``models.nondigits``).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_DIGITS_REJECTED", "SCORES", "TEMPERATURES", "digit_score", "fit_threshold", "is_digit", "rejected_fraction"]
+__all__ = [
+    "MAX_DIGITS_REJECTED",
+    "SCORES",
+    "TEMPERATURES",
+    "DigitRule",
+    "digit_score",
+    "fit_threshold",
+    "is_digit",
+    "rejected_fraction",
+]
 
 MAX_DIGITS_REJECTED = 0.005
 TEMPERATURES = (1.0, 1.5, 2.0, 3.0)  # the score temperatures the fitting chooses from
@@ -72,6 +83,24 @@ def digit_score(probabilities: np.ndarray, score: str = "max_probability", tempe
 def is_digit(probabilities: np.ndarray, threshold: float, score: str = "max_probability", temperature: float = 1.0) -> np.ndarray:
     """True where the digit score reaches ``threshold`` (score >= threshold is a digit)."""
     return digit_score(probabilities, score, temperature) >= threshold
+
+
+@dataclass(frozen=True)
+class DigitRule:
+    """One model's fitted rule: a score of its probabilities, softened by a temperature, against a
+    threshold, as the ``is_digit`` block of its weights' metadata records them."""
+
+    score: str
+    temperature: float
+    threshold: float
+
+    @classmethod
+    def of(cls, card: Mapping[str, Any]) -> "DigitRule":
+        block = card["is_digit"]
+        return cls(block["score"], float(block["temperature"]), float(block["threshold"]))
+
+    def scores(self, probabilities: np.ndarray) -> np.ndarray:
+        return digit_score(probabilities, self.score, self.temperature)
 
 
 def fit_threshold(digit_scores: np.ndarray, max_rejected: float = MAX_DIGITS_REJECTED) -> float:
