@@ -6,7 +6,9 @@ uvicorn does, the signal is re-raised after the clean shutdown, so the exit stat
 "terminated by SIGTERM".
 """
 
+import contextlib
 import logging
+import resource
 import socket
 import sys
 from types import FrameType
@@ -15,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.config import Settings
+from service.connections import ConnectionLimits, guarded_protocol
 from service.handler import DigitClassifier
 
 __all__ = ["DrainingServer", "configure_logging", "serve_http"]
@@ -28,6 +31,8 @@ class DrainingServer(uvicorn.Server):
                 host=settings.host,
                 port=settings.port,
                 log_level=settings.log_level,
+                http=guarded_protocol(ConnectionLimits.of(settings)),
+                timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # uvicorn hints int; call_later takes a float
                 access_log=False,  # the JSON access log of AccessLogMiddleware replaces it
                 timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
                 lifespan="on",
@@ -47,8 +52,18 @@ def configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s", stream=sys.stdout, force=True)
 
 
+def raise_open_file_limit() -> None:
+    """Every connection is a file descriptor: up to the hard limit, so that ``max_connections``
+    rather than a low soft limit (1024 on many systems) bounds how many a worker holds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):  # an unlimited hard limit cannot be the soft one on Linux
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def serve_http(app: FastAPI, settings: Settings, sockets: list[socket.socket] | None = None) -> bool:
     """Serve until a stop signal; whether the server started."""
+    raise_open_file_limit()
     server = DrainingServer(app, settings)
     server.run(sockets=sockets)
     return bool(server.started)
