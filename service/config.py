@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(8 * 1024 * 1024, ge=1, description="413 above this many bytes in one image file")
     max_image_pixels: int = Field(25_000_000, ge=1, description="width x height above which an image is refused")
 
+    header_timeout_s: float = Field(10.0, gt=0, description="408 and close when a request's headers take longer from its first byte")
+    body_timeout_s: float = Field(10.0, gt=0, description="408 and close when a request body stalls this long between chunks")
+    keep_alive_s: float = Field(5.0, gt=0, description="close a keep-alive connection idle this long between requests")
+    max_connections: int = Field(
+        2048, ge=1, description="open connections per HTTP worker above which a request is answered 503 Retry-After"
+    )
+
     api_key: SecretStr | None = Field(None, description="when set, /predict and /v2 need header X-API-Key")
     cors_origins: list[str] = Field(default_factory=list, description='JSON list of origins allowed by CORS, e.g. ["*"]')
     shutdown_grace_s: float = Field(20.0, ge=0, description="time to finish queued work after SIGTERM")
