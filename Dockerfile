@@ -18,17 +18,18 @@ RUN set -e; \
     if [ -n "$wheel" ]; then /opt/venv/bin/pip install "$wheel"; \
     else /opt/venv/bin/pip install --index-url "$TORCH_INDEX_URL" torch; fi
 COPY pyproject.toml README.md ./
+COPY core/ core/
 COPY models/ models/
 COPY service/ service/
+COPY weights/ weights/
+# The wheel carries the committed weights (package data of `weights`).
 RUN /opt/venv/bin/pip install .
 
 FROM ${PYTHON_IMAGE}
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin app
 COPY --from=build /opt/venv /opt/venv
-COPY weights/*.pt weights/*.json /app/weights/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    DIGITS_WEIGHTS_DIR=/app/weights \
     HOST=0.0.0.0 \
     PORT=8000
 WORKDIR /app
