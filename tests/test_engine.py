@@ -6,18 +6,21 @@ warm-up and inference must share one thread.
 """
 
 import asyncio
+import logging
 import threading
 import time
 
 import numpy as np
 import pytest
+import torch
 
+from core.preprocess import PREPROCESSING_VERSION
 from service.config import Settings
 from service.errors import Overloaded
 from service.handler import DigitClassifier, Images
 from service.inference import engine as engine_module
 from service.inference.engine import Engine
-from service.inference.loader import ServedModel, batch_buckets, load_models
+from service.inference.loader import ServedModel, batch_buckets, check_preprocessing, load_models
 from service.metrics import Metrics
 from tests.conftest import WEIGHTS
 
@@ -104,3 +107,35 @@ def test_cuda_graph_buckets_cover_every_batch_size_up_to_the_limit(limit: int, b
 def test_batch_and_queue_limits_follow_the_device() -> None:
     assert (Settings().batch_limit("cpu"), Settings().batch_limit("cuda")) == (128, 2048)
     assert Settings().queue_limit("cpu") == 2048 and Settings(max_batch_size=64, max_queue_images=100).queue_limit("cuda") == 100
+
+
+def test_a_failed_cuda_graph_capture_leaves_the_model_on_eager_passes(caplog: pytest.LogCaptureFixture) -> None:
+    """On this machine capture raises for real (no CUDA device); on a GPU it may for other reasons."""
+    served = load_models(WEIGHTS, torch.device("cpu"))["resnet"]
+    served.device = torch.device("cuda")  # what capture sees; the module itself stays on the CPU
+    with caplog.at_level(logging.WARNING, logger="service.inference.loader"):
+        served.capture_graphs(8)
+    assert served.graphs is None
+    assert "CUDA graph capture failed for resnet, serving it with eager passes" in caplog.text
+    served.device = torch.device("cpu")
+    assert served.forward(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 10)
+
+
+async def test_model_cards_say_whether_graphs_are_used_and_which_preprocessing_runs() -> None:
+    engine = Engine(Settings(weights_dir=WEIGHTS, warmup_batches=1, device="cpu"), Metrics())
+    await engine.start()
+    try:
+        cards = (await engine.describe())["models"]
+    finally:
+        await engine.stop()
+    assert {card["name"]: card["cuda_graphs"] for card in cards} == {"inception": False, "resnet": False, "ensemble": False}
+    assert {card["preprocessing_version"] for card in cards} == {PREPROCESSING_VERSION}
+    assert {card["is_digit"]["preprocessing_version"] for card in cards} == {PREPROCESSING_VERSION}
+
+
+def test_weights_fitted_with_another_preprocessing_are_served_with_a_loud_warning(caplog: pytest.LogCaptureFixture) -> None:
+    metadata = {"is_digit": {"preprocessing_version": PREPROCESSING_VERSION + 1}}
+    with caplog.at_level(logging.WARNING, logger="service.inference.loader"):
+        assert check_preprocessing("resnet", metadata) is False
+    assert f"fitted with preprocessing version {PREPROCESSING_VERSION + 1}" in caplog.text
+    assert check_preprocessing("resnet", {"is_digit": {"preprocessing_version": PREPROCESSING_VERSION}}) is True
