@@ -6,11 +6,19 @@ begins. All torch work (loading, warm-up, CUDA-graph capture, passes) runs in on
 inference thread: each thread that runs a parallel torch op gets an OpenMP team of its
 own, and two teams on a small machine slow a batch-1 pass several times
 (tests/test_engine.py checks the thread).
+
+Compute follows the load. A pass normally gets the cores the HTTP workers leave free
+(``Settings.inference_threads``). A wide pass (``WIDE_PASS_IMAGES`` or more) that serves no
+more requests than there are HTTP workers gets every core: the workers that sent those
+requests are waiting on it, so the HTTP side is idle. Under a flood of small requests a
+batch serves many requests, and HTTP keeps its cores. ``DIGITS_TORCH_THREADS`` fixes the
+count for every pass instead.
 """
 
 import asyncio
 import functools
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,7 +33,9 @@ from service.inference.batching import DynamicBatcher
 from service.inference.loader import ServedModel, load_models, select_device
 from service.metrics import Metrics
 
-__all__ = ["Engine"]
+__all__ = ["WIDE_PASS_IMAGES", "Engine"]
+
+WIDE_PASS_IMAGES = 64
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +63,7 @@ class Engine:
         for name, model in self.models.items():
             batcher = DynamicBatcher(
                 name,
-                model.forward,
+                functools.partial(self._forward, model),
                 self._executor,
                 max_batch_size=self.max_batch_size,
                 max_wait_s=self.settings.max_batch_wait_ms / 1000,
@@ -75,6 +85,15 @@ class Engine:
             log.info("warmed up %s with batch sizes %s%s", name, sizes, " (CUDA graphs)" if model.graphs else "")
         self.ready = not self.draining
         log.info("ready: %s", ", ".join(self.models))
+
+    def pass_threads(self, images: int, requests: int) -> int | None:
+        """Intra-op threads for a pass of ``images`` serving ``requests``; None: the model's own."""
+        if self.settings.torch_threads or images < WIDE_PASS_IMAGES or requests > self.settings.workers:
+            return None
+        return os.cpu_count() or 1
+
+    def _forward(self, model: ServedModel, images: np.ndarray, requests: int) -> np.ndarray:
+        return model.forward(images, self.pass_threads(len(images), requests))
 
     def status(self) -> BackendStatus:
         detail = ", ".join(self.models) if self.ready else "the models are still warming up"
