@@ -23,7 +23,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         404: "unknown model",
         413: "too many images, bytes or pixels",
         415: "unsupported media type",
-        422: "an image is undecodable, blank or invalid",
+        422: "an image is not decodable, or the body is invalid",
         503: "not ready, overloaded or timed out (see Retry-After)",
     }.items()
 }
