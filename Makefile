@@ -45,9 +45,9 @@ $(WRK):
 test: $(BIN)/.installed-dev $(CHROMIUM) $(WRK) lint typecheck
 	DIGITS_TEST_DATA_DIR=$(DATA_DIR) DIGITS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest
 
-# resnet's recipe fine-tunes the 60-epoch checkpoint of commit 9ff2348 (its sha256 is in the recipe).
+# resnet's recipe fine-tunes weights/resnet.pt of commit 61ac548 (the recipe holds its sha256 and refuses another file).
 train: $(BIN)/.installed-dev
-	mkdir -p build && git show 9ff2348:weights/resnet.pt > build/resnet-init.pt
+	mkdir -p build && git show 61ac548:weights/resnet.pt > build/resnet-init.pt
 	$(BIN)/python -m models.train --arch resnet --init build/resnet-init.pt --data-dir $(DATA_DIR) --no-download
 	$(BIN)/python -m models.train --arch inception --data-dir $(DATA_DIR) --no-download
 

@@ -8,7 +8,7 @@ The score is taken of the probabilities softened by a temperature (ODIN, Liang e
 flattening both spreads the non-digits out below the digits.
 
 Each served model's score, temperature and threshold are fitted on validation data only
-(``models.train.is_digit_report``): the threshold is the largest that rejects at most
+(``models.training.report.is_digit_report``): the threshold is the largest that rejects at most
 ``MAX_DIGITS_REJECTED`` (0.5%) of the 5,000 validation digits, and the score and temperature
 are the pair that then rejects the most validation non-digits (``models.nondigits``).
 """

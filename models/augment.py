@@ -5,7 +5,7 @@ Real uploads do not: digits scanned at 8x8 or 16x16 and scaled up, thresholded 1
 images, faint or thick pens, grey paper. Each transform below takes and returns a
 1 x 28 x 28 uint8 tensor (white digit on black), runs in a DataLoader worker with a few
 small torch ops, and is applied with its own probability (``Degradations``), after the
-affine/elastic distortion of ``models.data.augmentation``.
+affine/elastic distortion of ``models.data.Distortion``.
 
 ``as_thumbnail`` differs from the others: it sends a thumbnail of the digit through the
 service's own ``to_mnist``, because what a model sees of an 8x8 upload is shaped as much
@@ -25,6 +25,7 @@ from PIL import Image
 
 from core.errors import InputError
 from core.preprocess import to_mnist
+from models.training.hyperparameter import hyperparameter
 
 __all__ = [
     "ROBUSTNESS_VARIANTS",
@@ -125,20 +126,21 @@ def as_thumbnail(image: torch.Tensor, side: int, margin: float, threshold: float
 
 @dataclass(frozen=True)
 class Degradations:
-    """Probabilities and ranges of the per-sample degradations; a callable transform.
+    """Per-sample degradations of the image, each with its own probability, after the geometric distortion.
 
+    A section of the training recipe (``models.training.recipe``), and a callable transform.
     Draws use torch's global generator, which the DataLoader seeds per worker from the
     training seed, so a run is reproducible for a given worker count.
     """
 
-    stroke_p: float = 0.0
-    lowres_p: float = 0.0
-    lowres_sizes: tuple[int, int] = (7, 16)
-    binarise_p: float = 0.0
-    contrast_p: float = 0.0
-    noise_p: float = 0.0
-    thumbnail_p: float = 0.0
-    thumbnail_sides: tuple[int, int] = (6, 16)
+    stroke_p: float = hyperparameter(0.0, "probability of a thicker or thinner stroke (2x2/3x3 max/min filter)")
+    lowres_p: float = hyperparameter(0.0, "probability of a downsample-upsample round trip")
+    lowres_sizes: tuple[int, int] = hyperparameter((7, 16), "range of the downsampled side (pixels)")
+    binarise_p: float = hyperparameter(0.0, "probability of a random 1-bit threshold")
+    contrast_p: float = hyperparameter(0.0, "probability of a fainter ink peak and a lifted background")
+    noise_p: float = hyperparameter(0.0, "probability of Gaussian background noise")
+    thumbnail_p: float = hyperparameter(0.0, "probability of a thumbnail (half of them 1-bit) as serving returns it")
+    thumbnail_sides: tuple[int, int] = hyperparameter((6, 16), "range of the thumbnail's side (pixels)")
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         def draw() -> float:

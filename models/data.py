@@ -4,6 +4,7 @@ Images stay uint8 28x28 until a batch is formed: augmentation runs per sample in
 DataLoader worker (torchvision.transforms.v2), normalisation once per batch.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +14,9 @@ from torchvision.datasets import MNIST
 from torchvision.transforms import v2
 
 from models.registry import MNIST_MEAN, MNIST_STD
+from models.training.hyperparameter import hyperparameter
 
-__all__ = ["AugmentedDigits", "Digits", "augmentation", "load_mnist", "normalise", "split_validation"]
+__all__ = ["AugmentedDigits", "Digits", "Distortion", "load_mnist", "normalise", "split_validation"]
 
 
 @dataclass(frozen=True)
@@ -41,27 +43,34 @@ def split_validation(digits: Digits, val_size: int, seed: int) -> tuple[Digits, 
     return digits.subset(order[val_size:]), digits.subset(order[:val_size])
 
 
-def augmentation(
-    degrees: float,
-    translate: float,
-    scale: tuple[float, float],
-    shear: float,
-    elastic_p: float = 0.0,
-    elastic_alpha: float = 34.0,
-    elastic_sigma: float = 4.0,
-) -> v2.Transform:
-    """Per-sample random elastic distortion (as Simard et al. 2003 did for MNIST), then affine."""
-    affine = v2.RandomAffine(degrees=degrees, translate=(translate, translate), scale=scale, shear=shear)
-    if elastic_p <= 0:
-        return affine
-    elastic = v2.RandomApply([v2.ElasticTransform(alpha=elastic_alpha, sigma=elastic_sigma)], p=elastic_p)
-    return v2.Compose([elastic, affine])
+@dataclass(frozen=True)
+class Distortion:
+    """The per-sample geometric distortion: elastic (as Simard et al. 2003 did for MNIST) with
+    probability elastic_p, then a random affine one.
+
+    A section of the training recipe (``models.training.recipe``).
+    """
+
+    degrees: float = hyperparameter(12.0, "random rotation range (+-, degrees)")
+    translate: float = hyperparameter(0.1, "random shift range (+-, a share of the side)")
+    scale: tuple[float, float] = hyperparameter((0.85, 1.15), "random zoom range")
+    shear: float = hyperparameter(8.0, "random shear range (+-, degrees)")
+    elastic_p: float = hyperparameter(0.5, "probability of an elastic distortion")
+    elastic_alpha: float = hyperparameter(34.0, "strength of the elastic distortion (pixels)")
+    elastic_sigma: float = hyperparameter(4.0, "smoothness of the elastic distortion (pixels)")
+
+    def transform(self) -> v2.Transform:
+        affine = v2.RandomAffine(degrees=self.degrees, translate=(self.translate, self.translate), scale=self.scale, shear=self.shear)
+        if self.elastic_p <= 0:
+            return affine
+        elastic = v2.RandomApply([v2.ElasticTransform(alpha=self.elastic_alpha, sigma=self.elastic_sigma)], p=self.elastic_p)
+        return v2.Compose([elastic, affine])
 
 
 class AugmentedDigits(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Each item is a freshly augmented 1 x 28 x 28 uint8 image and its label."""
 
-    def __init__(self, digits: Digits, transform: v2.Transform | None) -> None:
+    def __init__(self, digits: Digits, transform: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
         self.digits = digits
         self.transform = transform
 

@@ -26,6 +26,7 @@ from models.data import Digits, load_mnist, split_validation
 from models.evaluate import predict
 from models.nondigits import VALIDATION_SEED, nondigit_pool
 from models.registry import ARCHITECTURES, ENSEMBLE
+from models.training.recipe import Recipe
 
 __all__ = ["main", "measure"]
 
@@ -59,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     ensemble, ensemble_meta = load_ensemble(
         args.weights_dir, {n: m for n, (m, _) in members.items()}, {n: meta["sha256"] for n, (_, meta) in members.items()}
     )
-    split = {(meta["recipe"]["val_size"], meta["recipe"]["split_seed"]) for _, meta in members.values()}
-    ((val_size, split_seed),) = split
+    splits = {(data.val_size, data.split_seed) for data in (Recipe.from_json(meta["recipe"]).data for _, meta in members.values())}
+    if len(splits) != 1:
+        raise SystemExit(f"the members used different validation splits {sorted(splits)}")
+    ((val_size, split_seed),) = splits
     _, val = split_validation(load_mnist(args.data_dir, train=True, download=args.download), val_size, split_seed)
     pool = torch.from_numpy(nondigit_pool(args.non_digits, VALIDATION_SEED, val.images.numpy()))
     nondigits = Digits(pool, torch.zeros(len(pool), dtype=torch.long))

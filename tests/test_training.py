@@ -1,10 +1,13 @@
-"""A training smoke run on a small subset writes a loadable checkpoint and valid metadata."""
+"""Training smoke runs on a small subset write a loadable checkpoint and valid metadata; the
+recipe's flags, its init check and its record in the metadata."""
 
+import argparse
 import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +17,8 @@ from models import evaluate, train
 from models.checkpoint import CheckpointError, load_classifier, sha256_file
 from models.data import AugmentedDigits
 from models.registry import ARCHITECTURES
+from models.training.loop import outlier_loss
+from models.training.recipe import DEFAULT_RECIPES, Recipe, add_recipe_flags, recipe_from_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def trained(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("weights")
     for arch in ARCHITECTURES:
-        argv = ["--arch", arch, "--epochs", "1", "--train-limit", "640", "--batch-size", "64", "--workers", "0", "--from-scratch"]
+        argv = ["--arch", arch, "--epochs", "1", "--train-limit", "640", "--batch-size", "64", "--workers", "0", "--init-sha256", "none"]
         assert train.main([*argv, "--data-dir", str(data_dir), "--no-download", "--out", str(out)]) == 0
     return out
 
@@ -35,7 +40,8 @@ def test_checkpoint_is_a_plain_state_dict_matching_its_metadata(trained: Path, a
     assert meta["sha256"] == sha256_file(trained / f"{arch}.pt")
     assert meta["file_size_bytes"] == (trained / f"{arch}.pt").stat().st_size
     assert meta["parameters"] == {"inception": 97_298, "resnet": 41_514}[arch]
-    assert meta["recipe"]["epochs"] == 1 and meta["recipe"]["train_limit"] == 640
+    assert meta["recipe"]["schedule"]["epochs"] == 1 and meta["recipe"]["data"]["train_limit"] == 640
+    assert Recipe.from_json(meta["recipe"]).optimisation.batch_size == 64
     assert meta["data"] == {"train_images": 640, "val_images": 5000, "test_images": 10_000}
     assert 0.0 <= meta["metrics"]["test_accuracy"] <= 1.0
     assert len(meta["metrics"]["confusion_matrix"]) == 10
@@ -75,24 +81,9 @@ def test_evaluate_accepts_intact_weights_and_rejects_tampered_ones(trained: Path
     assert "resnet.pt has sha256" in result.stderr
 
 
-def test_distillation_records_its_teacher(trained: Path, data_dir: Path, tmp_path: Path) -> None:
-    argv = ["--arch", "inception", "--epochs", "1", "--train-limit", "640", "--batch-size", "64", "--workers", "0", "--grad-clip", "5"]
-    teacher = ["--teacher", "resnet", "--teacher-dir", str(trained), "--distill-weight", "0.5", "--distill-temperature", "2"]
-    assert train.main([*argv, *teacher, "--data-dir", str(data_dir), "--no-download", "--out", str(tmp_path)]) == 0
-    meta = json.loads((tmp_path / "inception.json").read_text())
-    assert meta["teacher"] == {"name": "resnet", "sha256": sha256_file(trained / "resnet.pt")}
-    assert (meta["recipe"]["distill_weight"], meta["recipe"]["distill_temperature"], meta["recipe"]["grad_clip"]) == (0.5, 2.0, 5.0)
-
-
-def test_distillation_loss_is_zero_when_the_student_matches_the_teacher() -> None:
-    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]])
-    labels = torch.tensor([0, 1])
-    recipe = train.Recipe("inception", distill_weight=1.0, distill_temperature=2.0)
-    assert float(train._loss(recipe, logits, labels, torch.softmax(logits, 1))) == pytest.approx(0.0, abs=1e-6)
-    assert float(train._loss(recipe, logits, labels, torch.softmax(-logits, 1))) > 0.1
-
-
-def test_the_last_clean_epochs_see_unaugmented_images(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_last_clean_epochs_see_unaugmented_images(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     augmented_items: list[bool] = []
     getitem = AugmentedDigits.__getitem__
 
@@ -102,21 +93,28 @@ def test_the_last_clean_epochs_see_unaugmented_images(data_dir: Path, tmp_path: 
 
     monkeypatch.setattr(AugmentedDigits, "__getitem__", recording_getitem)
     argv = ["--arch", "resnet", "--epochs", "3", "--clean-epochs", "1", "--train-limit", "128", "--batch-size", "64", "--workers", "0"]
-    argv += ["--from-scratch"]
+    argv += ["--init-sha256", "none"]
     assert train.main([*argv, "--data-dir", str(data_dir), "--no-download", "--out", str(tmp_path)]) == 0
     assert augmented_items == [True] * 256 + [False] * 128  # 128 images per epoch
-    assert json.loads((tmp_path / "resnet.json").read_text())["recipe"]["clean_epochs"] == 1
+    meta = json.loads((tmp_path / "resnet.json").read_text())
+    assert meta["recipe"]["schedule"]["clean_epochs"] == 1
+    printed = capsys.readouterr().out.replace(str(tmp_path), "OUT")
+    assert f"val {100 * meta['metrics']['val_accuracy']:.2f}%" in printed
+    assert "test" not in printed.lower()  # the test figures go into the metadata only
 
 
 def test_fine_tuning_records_its_init_and_fits_is_digit(trained: Path, data_dir: Path, tmp_path: Path) -> None:
     init = trained / "resnet.pt"
-    argv = ["--arch", "resnet", "--epochs", "1", "--train-limit", "128", "--batch-size", "64", "--workers", "0", "--init", str(init)]
+    argv = ["--arch", "resnet", "--epochs", "1", "--train-limit", "128", "--batch-size", "64", "--workers", "0"]
+    argv += ["--init", str(init), "--init-sha256", sha256_file(init)]
     robust = ["--lowres-p", "0.5", "--binarise-p", "0.5", "--thumbnail-p", "0.5", "--outlier-fraction", "0.25", "--outlier-weight", "0.5"]
-    robust += ["--selection", "mixed"]
+    robust += ["--selection-rule", "mixed"]
     assert train.main([*argv, *robust, "--data-dir", str(data_dir), "--no-download", "--out", str(tmp_path)]) == 0
     meta = json.loads((tmp_path / "resnet.json").read_text())
-    assert meta["recipe"]["init_sha256"] == sha256_file(init)
-    assert meta["recipe"]["selection"] == "mixed" and meta["recipe"]["outlier_weight"] == 0.5
+    recipe = meta["recipe"]
+    assert recipe["init"]["sha256"] == sha256_file(init)
+    assert recipe["selection"]["rule"] == "mixed" and recipe["outliers"]["weight"] == 0.5
+    assert recipe["degradations"]["thumbnail_p"] == 0.5
     assert meta["command"].startswith("python -m models.train --arch resnet") and str(init) in meta["command"]
     assert set(meta["history"][0]) >= {"val_degraded_accuracy", "val_mixed_accuracy", "val_nondigits_rejected"}
     block = meta["is_digit"]
@@ -126,20 +124,102 @@ def test_fine_tuning_records_its_init_and_fits_is_digit(trained: Path, data_dir:
     assert len(by_candidate) == 2 * len(TEMPERATURES)  # every score at every temperature
     chosen = by_candidate[f"{block['score']} at temperature {block['temperature']:g}"]
     assert chosen == max(by_candidate.values()) == block["validation"]["non_digits_rejected"]
-    assert meta["recipe"]["aug_thumbnail_p"] == 0.5
     assert block["validation"]["digits_rejected"] <= 0.005
     assert {"digits_rejected", "non_digits_rejected"} <= set(block["test"])
 
 
-def test_fine_tuning_refuses_another_init_than_the_recipes(trained: Path, data_dir: Path, tmp_path: Path) -> None:
-    recipe = dataclasses.replace(train.DEFAULT_RECIPES["resnet"], init_sha256="0" * 64, epochs=1, train_limit=64)
+def test_an_init_other_than_the_recipes_is_refused(trained: Path, data_dir: Path, tmp_path: Path) -> None:
+    """The recipe names its init by sha256; another file trains only when the recipe is changed to name it."""
+    other = trained / "resnet.pt"
+    actual = sha256_file(other)
+    common = [
+        "--epochs",
+        "1",
+        "--train-limit",
+        "64",
+        "--workers",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        "--no-download",
+        "--out",
+        str(tmp_path),
+    ]
+    with pytest.raises(SystemExit, match=rf"has sha256 {actual}, but the recipe fine-tunes from {DEFAULT_RECIPES['resnet'].init.sha256}"):
+        train.main(["--arch", "resnet", "--init", str(other), *common])
+    with pytest.raises(SystemExit, match=rf"--init-sha256 {actual}"):  # the message says how to change the recipe
+        train.main(["--arch", "inception", "--init", str(other), *common])
+    with pytest.raises(SystemExit, match="pass that file as --init FILE"):
+        train.main(["--arch", "resnet", *common])
+    recipe = dataclasses.replace(DEFAULT_RECIPES["resnet"], init=dataclasses.replace(DEFAULT_RECIPES["resnet"].init, sha256="0" * 64))
     with pytest.raises(SystemExit, match="sha256"):
-        train.train(recipe, data_dir, False, tmp_path, 0, init=trained / "resnet.pt")
-    with pytest.raises(SystemExit, match="--init"):
-        train.train(recipe, data_dir, False, tmp_path, 0)
+        train.train(recipe, data_dir, False, tmp_path, 0, init=other)
+    assert not list(tmp_path.iterdir())  # refused before anything was trained or written
+
+
+def _recipe_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_recipe_flags(parser)
+    return parser
+
+
+def _sections(recipe: Recipe) -> dict[str, Any]:
+    return {field.name: getattr(recipe, field.name) for field in dataclasses.fields(recipe)}
+
+
+def _another_value(value: Any, choices: list[str] | None) -> tuple[list[str], Any]:
+    """Command-line words for a value other than ``value``, and what they parse to."""
+    if choices:
+        other = next(choice for choice in choices if choice != value)
+        return [other], other
+    if isinstance(value, tuple):
+        return [str(v + 1) for v in value], tuple(v + 1 for v in value)
+    if isinstance(value, str):
+        return ["ab" * 32], "ab" * 32
+    if value is None:
+        return ["3"], 3
+    return [str(value + 1)], value + 1
+
+
+def test_every_hyperparameter_has_one_flag_that_sets_only_it() -> None:
+    parser = _recipe_parser()
+    base = DEFAULT_RECIPES["resnet"]
+    flags = [action for action in parser._actions if action.dest != "help"]
+    recipe_fields = [
+        (section, field.name) for section, value in _sections(base).items() if section != "arch" for field in dataclasses.fields(value)
+    ]
+    assert sorted(action.dest for action in flags) == sorted(f"{s}.{f}" for s, f in recipe_fields)
+    for action in flags:
+        section, field = action.dest.split(".")
+        assert action.help and "[default:" in action.help
+        words, parsed = _another_value(getattr(getattr(base, section), field), list(action.choices) if action.choices else None)
+        changed = recipe_from_flags(base, parser.parse_args([action.option_strings[0], *words]))
+        expected = dataclasses.replace(base, **{section: dataclasses.replace(getattr(base, section), **{field: parsed})})
+        assert changed == expected, action.option_strings[0]
+    assert recipe_from_flags(base, parser.parse_args([])) == base
+
+
+def test_an_optional_hyperparameter_takes_none() -> None:
+    args = _recipe_parser().parse_args(["--grad-clip", "none", "--init-sha256", "none"])
+    recipe = recipe_from_flags(DEFAULT_RECIPES["inception"], args)
+    assert recipe.optimisation.grad_clip is None and recipe.init.sha256 is None
+    assert DEFAULT_RECIPES["inception"].optimisation.grad_clip == 5.0
+
+
+def test_a_recipe_reads_back_from_its_metadata() -> None:
+    for recipe in DEFAULT_RECIPES.values():
+        assert Recipe.from_json(json.loads(json.dumps(dataclasses.asdict(recipe)))) == recipe
+    with pytest.raises(ValueError, match="not a recorded recipe"):
+        Recipe.from_json({"arch": "resnet", "epochs": 15})  # a flat record: no sections
+
+
+def test_recipe_flags_are_refused_outside_training(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exited:
+        train.main(["--arch", "ensemble", "--epochs", "3", "--out", str(tmp_path)])
+    assert exited.value.code == 2
 
 
 def test_outlier_loss_is_smallest_for_a_uniform_output() -> None:
     uniform, confident = torch.zeros(1, 10), torch.tensor([[10.0] + [0.0] * 9])
-    assert float(train.outlier_loss(uniform)) == pytest.approx(float(torch.log(torch.tensor(10.0))))
-    assert float(train.outlier_loss(confident)) > float(train.outlier_loss(uniform))
+    assert float(outlier_loss(uniform)) == pytest.approx(float(torch.log(torch.tensor(10.0))))
+    assert float(outlier_loss(confident)) > float(outlier_loss(uniform))

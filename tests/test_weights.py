@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from typing import Any
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from models.data import Digits
 from models.evaluate import classification_report, predict
 from models.nondigits import EVALUATION_SEED, nondigit_pool
 from models.registry import ARCHITECTURES, SERVED_MODELS
-from models.train import DEFAULT_RECIPES
+from models.training.recipe import DEFAULT_RECIPES, Recipe
 from tests.conftest import WEIGHTS
 
 # Official 10k MNIST test set; the course reached 98.88% (inception) and 99.01% (resnet).
@@ -67,14 +68,23 @@ def test_calibrated_confidence(probabilities: dict[str, torch.Tensor], mnist_tes
     assert expected_calibration_error(probabilities[name], mnist_test.labels) <= MAX_ECE
 
 
+def _by_field(recipe: dict[str, Any]) -> dict[str, Any]:
+    """{"arch": ..., "section.field": value, ...} of a recipe as its metadata records it."""
+    return {"arch": recipe["arch"]} | {
+        f"{section}.{field}": value for section, values in recipe.items() if section != "arch" for field, value in values.items()
+    }
+
+
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_make_train_reproduces_the_committed_recipe(arch: str) -> None:
-    """`python -m models.train --arch ARCH` with no flags trains what is committed."""
-    recorded = json.loads((WEIGHTS / f"{arch}.json").read_text())["recipe"]
-    default = dataclasses.asdict(DEFAULT_RECIPES[arch])
+    """`python -m models.train --arch ARCH` with no recipe flags trains what is committed, field by field."""
+    recipe = json.loads((WEIGHTS / f"{arch}.json").read_text())["recipe"]
+    recorded = _by_field(recipe)
+    default = _by_field(json.loads(json.dumps(dataclasses.asdict(DEFAULT_RECIPES[arch]))))  # tuples as JSON lists
+    assert sorted(recorded) == sorted(default), f"{arch}: the recorded recipe and the default recipe have different fields"
     for field, value in recorded.items():
-        expected = list(default[field]) if isinstance(default[field], tuple) else default[field]
-        assert value == expected, f"{arch}: the committed weights used {field}={value}, the default is {expected}"
+        assert value == default[field], f"{arch}: the committed weights used {field}={value}, the default is {default[field]}"
+    assert Recipe.from_json(recipe) == DEFAULT_RECIPES[arch]
 
 
 # The committed inception checkpoint is the 60-epoch one, not fine-tuned with outlier exposure
