@@ -34,7 +34,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PORT=8000
 WORKDIR /app
 USER 10001
-EXPOSE 8000
+# HTTP, and the Open Inference Protocol over gRPC (DIGITS_GRPC_PORT)
+EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
 ENTRYPOINT ["python", "-m", "service"]

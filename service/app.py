@@ -13,8 +13,8 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from service import __version__
-from service.api import info, page, predict, v2
+from service import __version__, tracing
+from service.api import info, page, predict, repository, v2
 from service.api.errors import register_error_handlers
 from service.config import Settings
 from service.handler import DigitClassifier
@@ -35,6 +35,7 @@ async def in_process(app: FastAPI) -> AsyncIterator[None]:
 
     engine = Engine(app.state.settings, app.state.metrics)  # a bad checkpoint stops startup here
     await engine.start()
+    engine.reload_on_sighup()
     app.state.handler = DigitClassifier(engine, app.state.settings)
     warm_up = asyncio.create_task(engine.warm_up())
     try:
@@ -52,6 +53,7 @@ def in_inference_process(socket_path: Path) -> Backend:
         backend = RemoteBackend(socket_path)
         app.state.handler = DigitClassifier(backend, app.state.settings)
         connecting = asyncio.create_task(backend.connect())
+        await backend.wait_first_contact()  # a replacement worker takes requests only once it can answer them
         try:
             yield
         finally:
@@ -87,10 +89,17 @@ def create_app(settings: Settings | None = None, inference_socket: Path | None =
             # What exists now (framework, models) lives as long as the process: frozen, the
             # cyclic GC never rescans it, and a full collection under load is a latency spike.
             gc.freeze()
-            yield
+            try:
+                yield
+            finally:
+                tracing.shutdown()  # the spans still buffered are exported before the process ends
 
+    tracing.configure("server" if inference_socket is None else "http-worker")
     app = FastAPI(
         title="Digit recogniser",
+        # FastAPI's own OpenTelemetry server span per request (once service.tracing has set a
+        # provider); the stages beneath it are service.tracing's, metrics are Prometheus'.
+        telemetry={"metrics": False, "logs": False, "operation_spans": False},
         version=__version__,
         description="Handwritten digit classification (MNIST) with two course CNNs and their ensemble.",
         lifespan=lifespan,
@@ -102,7 +111,7 @@ def create_app(settings: Settings | None = None, inference_socket: Path | None =
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(AccessLogMiddleware, metrics=app.state.metrics)
-    for router in (predict.router, info.router, v2.router, page.router):
+    for router in (predict.router, info.router, v2.router, repository.router, page.router):
         app.include_router(router)
     _document_hand_parsed_bodies(app, [PredictJSONRequest, V2InferenceRequest])
     return app

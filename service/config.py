@@ -25,12 +25,28 @@ class Settings(BaseSettings):
 
     host: str = Field("0.0.0.0", validation_alias=AliasChoices("HOST", "DIGITS_HOST"), description="bind address")
     port: int = Field(8000, ge=0, le=65535, validation_alias=AliasChoices("PORT", "DIGITS_PORT"), description="bind port")
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="Open Inference Protocol over gRPC, on the same host, shared by every HTTP worker; 0 = off"
+    )
 
     workers: int = Field(1, ge=1, description="HTTP worker processes; above 1, one more process runs the models for all of them")
+    # Above 1 worker the supervisor replaces a child process that dies or hangs.
+    heartbeat_timeout_s: float = Field(
+        10.0, gt=0, description="a child process whose event loop has not beaten for this long is hung: killed (SIGKILL) and replaced"
+    )
+    startup_timeout_s: float = Field(
+        120.0, gt=0, description="a child process that has not begun beating this long after its start is hung: killed and replaced"
+    )
+    max_restarts_per_minute: int = Field(
+        10, ge=0, description="child restarts within 60 s beyond which the whole tree stops and exits 1; 0 = any child's death stops it"
+    )
     weights_dir: Path = Field(weights.DIRECTORY, description="checkpoints and their metadata (default: the ones the package ships)")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto picks CUDA, then MPS, then CPU")
     torch_threads: int = Field(0, ge=0, description="intra-op threads for forward passes; 0 = one per CPU core not left to an HTTP worker")
     default_model: ModelName = Field("ensemble", description="model used when a request names none")
+    model_control: Literal["none", "explicit"] = Field(
+        "none", description="explicit: /v2/repository loads (and SIGHUP reloads) new weights from weights_dir without a restart"
+    )
 
     max_batch_size: int = Field(
         0, ge=0, description="most images in one forward pass (larger requests are split); 0 = 128 on a CPU, 2048 on a GPU"

@@ -4,7 +4,7 @@ from pydantic import ValidationError
 
 from core.errors import InputError
 
-__all__ = ["Overloaded", "error_body", "invalid_body"]
+__all__ = ["LoadRefused", "ModelUnloaded", "Overloaded", "error_body", "invalid_body"]
 
 
 class Overloaded(RuntimeError):
@@ -14,6 +14,18 @@ class Overloaded(RuntimeError):
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+
+
+class ModelUnloaded(InputError):
+    """A served model taken out of service through the model repository (``/v2/repository``)."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"model {model!r} is unloaded; POST /v2/repository/models/{model}/load serves it again", status_code=404)
+        self.model = model
+
+
+class LoadRefused(RuntimeError):
+    """Weights on disk that cannot be served (``service.inference.repository``); the message says which file and why."""
 
 
 def invalid_body(exc: ValidationError, status_code: int = 422) -> InputError:

@@ -18,8 +18,9 @@ from core.digit_rule import DigitRule
 from core.errors import InputError
 from core.preprocess import Blank, decode_image, to_mnist
 from core.spec import INPUT_SHAPE, SERVED_MODELS
+from service import tracing
 from service.config import Settings
-from service.errors import Overloaded
+from service.errors import LoadRefused, Overloaded
 from service.inference.backend import InferenceBackend
 from service.schemas import Prediction, PredictResponse
 from service.uploads import RawImage, input_name
@@ -108,6 +109,7 @@ class DigitClassifier:
         # Decoding a large image needs memory; one decode per core bounds both memory and CPU.
         self.decode_limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
         self._rules: dict[str, DigitRule] = {}
+        self._rules_generation = 0
 
     def model(self, name: str | None) -> str:
         """The served model a request names (the default when none): the one unknown-model check."""
@@ -117,20 +119,32 @@ class DigitClassifier:
         return chosen
 
     async def decode(self, images: list[RawImage]) -> Images:
-        if sum(len(image.data) for image in images) <= INLINE_DECODE_BYTES:
-            return decode_files(images, self.settings.max_image_pixels)
-        return await anyio.to_thread.run_sync(decode_files, images, self.settings.max_image_pixels, limiter=self.decode_limiter)
+        with tracing.span("decode", images=len(images)):
+            if sum(len(image.data) for image in images) <= INLINE_DECODE_BYTES:
+                return decode_files(images, self.settings.max_image_pixels)
+            return await anyio.to_thread.run_sync(decode_files, images, self.settings.max_image_pixels, limiter=self.decode_limiter)
 
     async def predict(self, model: str, images: Images) -> Classification:
         try:
-            async with asyncio.timeout(self.settings.request_timeout_s):  # unlike wait_for, no extra task
-                probabilities = await self.backend.predict(model, images.pixels)
+            with tracing.span("infer", model=model, images=len(images.pixels)):
+                async with asyncio.timeout(self.settings.request_timeout_s):  # unlike wait_for, no extra task
+                    probabilities = await self.backend.predict(model, images.pixels)
         except TimeoutError:
             raise Overloaded(f"inference on {model!r} did not finish within {self.settings.request_timeout_s} s") from None
         return Classification.of(probabilities, await self.digit_rule(model), images.blank)
 
     async def digit_rule(self, model: str) -> DigitRule:
-        """From the backend's model cards, asked once: the metadata beside the weights holds it."""
-        if not self._rules:
+        """From the backend's model cards, asked again only when a load has swapped weights:
+        the metadata beside the weights holds it."""
+        generation = self.backend.status().weights_generation
+        if not self._rules or generation != self._rules_generation:
             self._rules = {card["name"]: DigitRule.of(card) for card in (await self.backend.describe())["models"]}
+            self._rules_generation = generation
         return self._rules[model]
+
+    async def load(self, model: str) -> list[str]:
+        """New weights for ``model`` from the weights directory (the model repository's load)."""
+        try:
+            return await self.backend.load(model)
+        except LoadRefused as exc:
+            raise InputError(f"model {model!r} was not loaded: {exc}", status_code=400) from None

@@ -4,16 +4,18 @@ With several worker processes, prometheus-client's multiprocess mode is on (the
 supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before any child starts): every process
 writes its samples to files there and a scrape of any worker sums them, so each request
 is counted once whichever worker served it, and the batching metrics of the inference
-process appear in every worker's scrape.
+process appear in every worker's scrape. The supervisor writes there too: its restarts of
+children are its own counter, and a dead child's live gauges (queue depth, served models) are
+dropped when it is reaped, while its counters keep counting what it served.
 """
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CHILD_KINDS", "CONTENT_TYPE_LATEST", "RESTART_REASONS", "Metrics", "SupervisorMetrics"]
 
 disable_created_metrics()  # the *_created series only add noise to every scrape
 
@@ -49,8 +51,13 @@ class Metrics:
             "digits_queue_depth_images", "Images waiting for a forward pass", ["model"], registry=registry, multiprocess_mode="livesum"
         )
         self.model_info = Gauge(
-            "digits_model_info", "Served models (value 1)", ["model", "sha256", "device"], registry=registry, multiprocess_mode="liveall"
+            "digits_model_info",
+            "Served models: 1 for the weights serving now, 0 for weights a load replaced",
+            ["model", "sha256", "device"],
+            registry=registry,
+            multiprocess_mode="liveall",
         )
+        self._served: dict[str, tuple[str, str]] = {}  # model -> the labels of the weights serving now
 
     def observe_batch(self, model: str, size: int, queue_waits_s: list[float], inference_s: float) -> None:
         self.images.labels(model).inc(size)
@@ -63,6 +70,9 @@ class Metrics:
         self.queue_depth.labels(model).set(images)
 
     def observe_model(self, model: str, sha256: str | None, device: str) -> None:
+        if (previous := self._served.get(model)) is not None:
+            self.model_info.labels(model, *previous).set(0)
+        self._served[model] = (sha256 or "", device)
         self.model_info.labels(model, sha256 or "", device).set(1)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -75,3 +85,35 @@ class Metrics:
             MultiProcessCollector(registry)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+CHILD_KINDS = ("http_worker", "inference")
+RESTART_REASONS = ("exited", "hung")
+
+
+class SupervisorMetrics:
+    """The supervisor's series, in the multiprocess directory that every worker's scrape sums.
+
+    Only in multiprocess mode: prometheus-client picks it when first imported, so the
+    supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before it imports this module.
+    """
+
+    def __init__(self) -> None:
+        if values.ValueClass is values.MutexValue:
+            raise RuntimeError("prometheus-client was imported before PROMETHEUS_MULTIPROC_DIR was set")
+        self.restarts = Counter(
+            "digits_child_restarts_total",
+            "Child processes the supervisor replaced, by kind and why the old one ended",
+            ["kind", "reason"],
+            registry=CollectorRegistry(),
+        )
+        for kind in CHILD_KINDS:  # every series from the start, at 0, so that a rate() has a baseline
+            for reason in RESTART_REASONS:
+                self.restarts.labels(kind, reason)
+
+    def observe_restart(self, kind: str, reason: str) -> None:
+        self.restarts.labels(kind, reason).inc()
+
+    def forget_process(self, pid: int) -> None:
+        """A reaped child: its live gauges go, its counters stay in the sums."""
+        mark_process_dead(pid)

@@ -188,3 +188,19 @@ class V2InferenceResponse(BaseModel):
     model_version: str | None = None
     id: str | None = None
     outputs: list[V2OutputTensor]
+
+
+# Model repository extension (as Triton's) ------------------------------------------------
+
+
+class V2RepositoryEntry(BaseModel):
+    name: str
+    version: str
+    state: str = Field(description="READY, or UNAVAILABLE with a reason")
+    reason: str
+    sha256: str | None = Field(description="the weights served under this name (the ensemble: none of its own)")
+
+
+class V2RepositoryLoaded(BaseModel):
+    name: str
+    swapped: list[str] = Field(description="the models whose weights changed (a member's new weights swap the ensemble too)")

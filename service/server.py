@@ -4,6 +4,11 @@ On SIGTERM readiness turns 503 at once (so load balancers stop sending), queued 
 in-flight requests are answered, and the process exits within the grace period; as
 uvicorn does, the signal is re-raised after the clean shutdown, so the exit status says
 "terminated by SIGTERM".
+
+Beside uvicorn, in the same process and event loop, the Open Inference Protocol over gRPC
+(``service.grpc_server``, unless ``DIGITS_GRPC_PORT`` is 0): it starts once the app has
+started, and on a stop signal it drains first, while the HTTP side answers its requests in
+flight, because both need the backend that the app's lifespan stops last.
 """
 
 import contextlib
@@ -11,7 +16,9 @@ import logging
 import resource
 import socket
 import sys
+import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
@@ -19,6 +26,11 @@ from fastapi import FastAPI
 from service.config import Settings
 from service.connections import ConnectionLimits, guarded_protocol
 from service.handler import DigitClassifier
+
+if TYPE_CHECKING:
+    from service.grpc_server import GrpcServer
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DrainingServer", "configure_logging", "serve_http"]
 
@@ -40,6 +52,35 @@ class DrainingServer(uvicorn.Server):
             )
         )
         self.app = app
+        self.settings = settings
+        self.grpc: GrpcServer | None = None
+        self.grpc_failed = False
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self.settings.grpc_port:
+            # Imported only where it is served: its protobuf types share the package "inference"
+            # with tritonclient.grpc's, and one process can hold only one of the two.
+            from service.grpc_server import GrpcServer
+
+            grpc = GrpcServer(self.app.state.handler, self.settings)
+            try:
+                await grpc.start()
+            except RuntimeError as exc:  # the port is taken: stop as uvicorn does when its own is
+                log.error("gRPC cannot serve on %s: %s", grpc.address, exc)
+                self.grpc_failed = self.should_exit = True
+                return
+            self.grpc = grpc
+            log.info("Open Inference Protocol over gRPC on %s", grpc.address)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.grpc is not None:
+            started = time.monotonic()
+            await self.grpc.stop(self.settings.shutdown_grace_s)
+            if self.config.timeout_graceful_shutdown:  # HTTP gets what is left of the one grace period
+                left = self.config.timeout_graceful_shutdown - (time.monotonic() - started)
+                self.config.timeout_graceful_shutdown = max(1, int(left))
+        await super().shutdown(sockets=sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         handler: DigitClassifier | None = getattr(self.app.state, "handler", None)
@@ -62,8 +103,8 @@ def raise_open_file_limit() -> None:
 
 
 def serve_http(app: FastAPI, settings: Settings, sockets: list[socket.socket] | None = None) -> bool:
-    """Serve until a stop signal; whether the server started."""
+    """Serve until a stop signal; whether the server started (gRPC too, unless it is off)."""
     raise_open_file_limit()
     server = DrainingServer(app, settings)
     server.run(sockets=sockets)
-    return bool(server.started)
+    return bool(server.started) and not server.grpc_failed

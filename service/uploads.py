@@ -10,6 +10,7 @@ from python_multipart.multipart import MultipartParser, MultipartState, parse_op
 from starlette.requests import ClientDisconnect, Request
 
 from core.errors import InputError
+from service import tracing
 from service.config import Settings
 from service.errors import invalid_body
 from service.schemas import PredictJSONRequest
@@ -148,10 +149,11 @@ async def _read_json(request: Request, settings: Settings) -> list[RawImage]:
 async def read_request(request: Request, settings: Settings) -> list[RawImage]:
     """The image files of a /predict request, in order, within the configured limits."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
-        return await _read_multipart(request, settings)
-    if content_type == "application/json":
-        return await _read_json(request, settings)
+    with tracing.span("read", content_type=content_type):
+        if content_type == "multipart/form-data":
+            return await _read_multipart(request, settings)
+        if content_type == "application/json":
+            return await _read_json(request, settings)
     raise InputError(
         f"unsupported media type {content_type or '(none)'!r}; send multipart/form-data with parts named 'files' "
         'or application/json {"images": [base64, ...]}',

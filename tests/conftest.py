@@ -104,7 +104,8 @@ def start_server(tmp_path: Path, wait_ready: bool = True, **env: str) -> LiveSer
     """``python -m service`` as a real process on a free loopback port."""
     port = free_port()
     log_path = tmp_path / f"server-{port}.log"
-    environment = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "DIGITS_WEIGHTS_DIR": str(WEIGHTS), **env}
+    # gRPC off unless a test asks for it: the default port 8001 may be taken on the test machine.
+    environment = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "DIGITS_WEIGHTS_DIR": str(WEIGHTS), "DIGITS_GRPC_PORT": "0", **env}
     with log_path.open("wb") as log:
         # A process group of its own: stop_server ends the group, so no child outlives the test.
         process = subprocess.Popen(

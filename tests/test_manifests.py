@@ -206,13 +206,15 @@ def test_probe_paths_are_routes_of_the_app(workload: Workload, routes: set[str])
     assert "startupProbe" in container, "a startupProbe keeps liveness from killing a slow model load"
 
 
-def test_the_container_port_is_the_servers_port(workload: Workload) -> None:
+def test_the_container_ports_are_the_servers_ports(workload: Workload) -> None:
     default_port = Settings.model_fields["port"].default
-    (port,) = workload.container["ports"]
-    assert port["containerPort"] == default_port == 8000
+    grpc_port = Settings.model_fields["grpc_port"].default
+    http, *grpc = workload.container["ports"]
+    assert http["containerPort"] == default_port == 8000
     assert workload.plain_env().get("PORT", str(default_port)) == str(default_port)
-    exposed = re.findall(r"^EXPOSE\s+(\d+)", DOCKERFILE.read_text(), flags=re.MULTILINE)
-    assert exposed == [str(default_port)], f"Dockerfile EXPOSE {exposed}"
+    assert [port["containerPort"] for port in grpc] in ([], [grpc_port]), "the second port, where there is one, is gRPC's"
+    exposed = re.findall(r"^EXPOSE\s+(.+)$", DOCKERFILE.read_text(), flags=re.MULTILINE)
+    assert exposed == [f"{default_port} {grpc_port}"], f"Dockerfile EXPOSE {exposed}"
 
 
 def test_termination_grace_covers_pre_stop_and_shutdown_grace(workload: Workload) -> None:
@@ -325,14 +327,15 @@ def test_deployment_selector_matches_its_pods() -> None:
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
-def test_service_routes_port_80_to_the_http_container_port() -> None:
+def test_service_routes_port_80_to_http_and_8001_to_grpc() -> None:
     service, deployment = one("Service"), one("Deployment")
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
-    (port,) = service["spec"]["ports"]
-    assert port["port"] == 80
-    assert port["targetPort"] == "http"
-    assert deployment_workload().port(port["targetPort"]) == Settings.model_fields["port"].default
+    http, grpc = service["spec"]["ports"]
+    assert (http["port"], http["targetPort"]) == (80, "http")
+    assert deployment_workload().port(http["targetPort"]) == Settings.model_fields["port"].default
+    assert (grpc["port"], grpc["targetPort"], grpc["appProtocol"]) == (8001, "grpc", "kubernetes.io/h2c")
+    assert deployment_workload().port(grpc["targetPort"]) == Settings.model_fields["grpc_port"].default
 
 
 def test_hpa_scales_the_deployment_on_cpu() -> None:

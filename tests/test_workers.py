@@ -2,7 +2,8 @@
 
 Every request, whichever worker takes it, reaches the one inference process's batchers;
 metrics count each request exactly once; the process tree leaves nothing behind on
-SIGTERM or when the supervisor is killed with SIGKILL.
+SIGTERM, when the supervisor is killed with SIGKILL, or when it gives up on a child.
+Faults the tree heals from are in tests/test_faults.py.
 """
 
 import asyncio
@@ -18,7 +19,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.conftest import LiveServer, png_bytes, start_server, stop_server, stroke_digit_one
+from tests.conftest import WEIGHTS, LiveServer, png_bytes, start_server, stop_server, stroke_digit_one
 
 ONE_FILES = [("files", ("one.png", png_bytes(stroke_digit_one()), "image/png"))]
 
@@ -148,9 +149,9 @@ def test_stopping_the_supervisor_leaves_no_process(tmp_path: Path, stop: signal.
         stop_server(server)
 
 
-def test_a_worker_that_dies_takes_the_tree_down(tmp_path: Path) -> None:
-    """The orchestrator restarts a pod whose process exits; half a server must not stay up."""
-    server = start_server(tmp_path, DIGITS_WORKERS="2", DIGITS_WARMUP_BATCHES="1")
+def test_without_restarts_a_worker_that_dies_takes_the_tree_down(tmp_path: Path) -> None:
+    """With DIGITS_MAX_RESTARTS_PER_MINUTE=0 the orchestrator alone restarts: half a server must not stay up."""
+    server = start_server(tmp_path, DIGITS_WORKERS="2", DIGITS_WARMUP_BATCHES="1", DIGITS_MAX_RESTARTS_PER_MINUTE="0")
     try:
         pids = [p.pid for p in tree(server)]
         worker = next(
@@ -161,6 +162,25 @@ def test_a_worker_that_dies_takes_the_tree_down(tmp_path: Path) -> None:
         worker.kill()
         assert server.process.wait(timeout=60) == 1
         assert not wait_gone(pids)
-        assert "exited with -9: stopping every process" in server.log()
+        assert f"(pid {worker.pid}) ended with exit code -9" in server.log()
+        assert "restart limit reached" in server.log()
+    finally:
+        stop_server(server)
+
+
+def test_an_inference_process_that_cannot_start_stops_the_tree_at_once(tmp_path: Path) -> None:
+    """A bad checkpoint fails every restart alike: the tree exits instead of looping."""
+    broken = tmp_path / "weights"
+    broken.mkdir()
+    for file in WEIGHTS.glob("*.*"):
+        (broken / file.name).write_bytes(file.read_bytes())
+    (broken / "resnet.pt").write_bytes(b"not a checkpoint")
+    server = start_server(tmp_path, wait_ready=False, DIGITS_WORKERS="2", DIGITS_WEIGHTS_DIR=str(broken))
+    try:
+        assert server.process.wait(timeout=60) == 1
+        log = server.log()
+        assert "inference failed to start: stopping every process" in log
+        assert "restarting inference" not in log
+        assert f"weights file {broken / 'resnet.pt'} has sha256" in log
     finally:
         stop_server(server)

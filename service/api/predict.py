@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from core.spec import SERVED_MODELS
+from service import tracing
 from service.api.errors import ERRORS
 from service.dependencies import ready_handler, require_api_key
 from service.handler import DigitClassifier, encode_predictions
@@ -48,6 +49,7 @@ async def predict(
     images = await handler.decode(await read_request(request, handler.settings))
     request.state.images = len(images.pixels)
     result = await handler.predict(name, images)
-    response = encode_predictions(name, result, images.pixels if include_input else None)
-    # Already validated: serialised once in pydantic-core instead of FastAPI re-validating.
-    return Response(response.model_dump_json(), media_type="application/json")
+    with tracing.span("encode"):
+        response = encode_predictions(name, result, images.pixels if include_input else None)
+        # Already validated: serialised once in pydantic-core instead of FastAPI re-validating.
+        return Response(response.model_dump_json(), media_type="application/json")

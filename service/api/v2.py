@@ -7,10 +7,10 @@ the tensor's ``binary_data_size``), as Triton's clients send it by default. Outp
 ``probabilities`` FP32 [N, 10], ``label`` INT64 [N] and ``is_digit`` BOOL [N] (false when
 the image does not look like one handwritten digit), as JSON or binary on request
 (``binary_data`` per output, ``binary_data_output`` for all). Errors are ``{"error": ...}``.
+The tensors' checks and messages are ``service.tensors``', shared with gRPC.
 """
 
 import json
-import math
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -36,14 +36,12 @@ from service.schemas import (
     V2ServerMetadata,
     V2TensorMetadata,
 )
+from service.tensors import INPUTS, MODEL_VERSION, OUTPUTS, PLATFORM, SERVER_NAME, InputTensor, check_version, output_arrays, select_outputs
 
 __all__ = ["read_infer_request", "router", "to_images"]
 
-MODEL_VERSION = "1"
-OUTPUTS = ("probabilities", "label", "is_digit")
 INFER_SCHEMA = "#/components/schemas/V2InferenceRequest"
 HEADER_LENGTH = "inference-header-content-length"
-DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1"), "INT64": np.dtype("<i8"), "BOOL": np.dtype("?")}
 
 router = APIRouter(
     prefix="/v2", tags=["open inference protocol (v2)"], responses={code: {"model": V2Error} for code in (400, 404, 413, 503)}
@@ -70,18 +68,15 @@ async def read_infer_request(request: Request) -> tuple[V2InferenceRequest, byte
         raise invalid_body(exc, status_code=400) from None
 
 
-def _values(tensor: V2InputTensor, binary: bytes) -> np.ndarray:
-    """The tensor's values as float64, flat, from its JSON data or its binary bytes."""
+def _values(tensor: V2InputTensor, header: InputTensor, binary: bytes) -> np.ndarray:
+    """The tensor's values, flat, from its binary bytes or its JSON data."""
     size = (tensor.parameters or {}).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size != len(binary):
             raise InputError(
                 f"input {tensor.name!r}: binary_data_size {size!r} does not match the {len(binary)} bytes after the JSON header", 400
             )
-        dtype = DTYPES[tensor.datatype]
-        if size % dtype.itemsize:
-            raise InputError(f"input {tensor.name!r}: {size} bytes is not a whole number of {tensor.datatype} values", 400)
-        return np.frombuffer(binary, dtype).astype(np.float64)
+        return header.from_bytes(binary)
     if tensor.data is None:
         raise InputError(f"input {tensor.name!r} has neither data nor a binary_data_size parameter", 400)
     try:
@@ -91,49 +86,29 @@ def _values(tensor: V2InputTensor, binary: bytes) -> np.ndarray:
 
 
 def to_images(tensor: V2InputTensor, binary: bytes, max_images: int) -> np.ndarray:
-    """N x 1 x 28 x 28 float32 in [0, 1] from a V2 input tensor, or an InputError (400)."""
-    shape = tensor.shape
-    if len(shape) not in (3, 4) or list(shape[-2:]) != [28, 28] or (len(shape) == 4 and shape[1] != 1) or shape[0] < 1:
-        raise InputError(f"input {tensor.name!r} has shape {shape}; expected [N, 1, 28, 28] or [N, 28, 28] with N >= 1", 400)
-    if shape[0] > max_images:
-        raise InputError(f"input {tensor.name!r} holds {shape[0]} images, above the limit of {max_images}", 413)
-    if tensor.datatype not in ("FP32", "UINT8"):
-        raise InputError(f"input {tensor.name!r} has datatype {tensor.datatype}; expected FP32 or UINT8", 400)
-    values = _values(tensor, binary)
-    expected = math.prod(shape)
-    if values.size != expected:
-        raise InputError(f"input {tensor.name!r}: shape {shape} needs {expected} values, got {values.size}", 400)
-    if not np.isfinite(values).all():
-        raise InputError(f"input {tensor.name!r} contains NaN or infinity", 400)
-    if tensor.datatype == "UINT8":
-        if values.min() < 0 or values.max() > 255 or not np.array_equal(values, np.round(values)):
-            raise InputError(f"input {tensor.name!r}: UINT8 data must be integers in 0..255", 400)
-        values = values / 255.0
-    elif values.min() < 0 or values.max() > 1:
-        raise InputError(f"input {tensor.name!r}: FP32 data must be intensities in [0, 1]", 400)
-    return values.astype(np.float32).reshape(shape[0], 1, 28, 28)
+    """N x 1 x 28 x 28 float32 in [0, 1] from a V2 input tensor, or an InputError (4xx)."""
+    header = InputTensor(tensor.name, tensor.datatype, tensor.shape)
+    header.check(max_images)
+    return header.images(_values(tensor, header, binary))
 
 
 def requested_outputs(body: V2InferenceRequest) -> dict[str, dict[str, Any]]:
     """Output name -> its parameters, in the order asked for (all outputs when none are named)."""
-    requested = {output.name: output.parameters or {} for output in body.outputs} if body.outputs else {name: {} for name in OUTPUTS}
-    unknown = sorted(set(requested) - set(OUTPUTS))
-    if unknown:
-        raise InputError(f"unknown output(s) {', '.join(unknown)}; available: {', '.join(OUTPUTS)}", 400)
-    return requested
+    parameters = {output.name: output.parameters or {} for output in body.outputs or []}
+    return {name: parameters.get(name, {}) for name in select_outputs(list(parameters))}
 
 
 def encode_outputs(body: V2InferenceRequest, requested: dict[str, dict[str, Any]], model: str, result: Classification) -> Response:
     """The requested outputs, each as JSON data or, when asked for, binary data after the JSON header."""
     all_binary = bool((body.parameters or {}).get("binary_data_output", False))
-    tensors = {"probabilities": ("FP32", result.probabilities), "label": ("INT64", result.labels), "is_digit": ("BOOL", result.is_digit)}
+    tensors = output_arrays(result)
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name, parameters in requested.items():
         datatype, array = tensors[name]
         output: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if parameters.get("binary_data", all_binary):
-            blobs.append(array.astype(DTYPES[datatype]).tobytes())
+            blobs.append(array.tobytes())
             output["parameters"] = {"binary_data_size": len(blobs[-1])}
         else:
             output["data"] = array.reshape(-1).tolist()
@@ -160,7 +135,7 @@ async def ready(handler: Annotated[DigitClassifier, Depends(get_handler)]) -> V2
 
 @router.get("", response_model=V2ServerMetadata)
 async def server_metadata() -> V2ServerMetadata:
-    return V2ServerMetadata(name="digits", version=__version__, extensions=["binary_tensor_data"])
+    return V2ServerMetadata(name=SERVER_NAME, version=__version__, extensions=["binary_tensor_data"])
 
 
 async def served_model(name: str, handler: Annotated[DigitClassifier, Depends(get_handler)]) -> str:
@@ -169,8 +144,7 @@ async def served_model(name: str, handler: Annotated[DigitClassifier, Depends(ge
 
 async def versioned_model(name: Annotated[str, Depends(served_model)], version: str) -> str:
     """The ``/versions/{version}`` routes serve the one version there is."""
-    if version != MODEL_VERSION:
-        raise InputError(f"model {name!r} has no version {version!r}; available: {MODEL_VERSION}", status_code=404)
+    check_version(name, version)
     return name
 
 
@@ -183,13 +157,9 @@ def _add_model_routes(path: str, model: Callable[..., Any]) -> None:
         return V2ModelMetadata(
             name=name,
             versions=[MODEL_VERSION],
-            platform="pytorch",
-            inputs=[V2TensorMetadata(name="input", datatype="FP32", shape=[-1, 1, 28, 28])],
-            outputs=[
-                V2TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, 10]),
-                V2TensorMetadata(name="label", datatype="INT64", shape=[-1]),
-                V2TensorMetadata(name="is_digit", datatype="BOOL", shape=[-1]),
-            ],
+            platform=PLATFORM,
+            inputs=[V2TensorMetadata(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in INPUTS],
+            outputs=[V2TensorMetadata(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in OUTPUTS],
         )
 
     @router.get(f"{path}/ready", response_model=V2ModelReady, responses={400: {"model": V2ModelReady}})

@@ -13,6 +13,7 @@ class BackendStatus:
     ready: bool
     draining: bool
     detail: str  # why not ready, or what is served
+    weights_generation: int = 0  # counts the loads that swapped weights: model cards read before it are stale
 
     @property
     def reason(self) -> str:
@@ -40,4 +41,17 @@ class InferenceBackend(Protocol):
     async def describe(self) -> dict[str, Any]:
         """JSON-able: ``models`` (one card each, with live batching statistics), ``device``,
         ``max_batch_size`` and ``torch_version``."""
+        ...
+
+    async def load(self, model: str) -> list[str]:
+        """Serve the weights on disk for ``model`` once verified (``service.inference.repository``);
+        the models swapped. Raises ``LoadRefused`` and keeps serving the old weights when they fail."""
+        ...
+
+    async def unload(self, model: str) -> None:
+        """``model`` answers 404 until it is loaded again."""
+        ...
+
+    async def repository_index(self) -> list[dict[str, Any]]:
+        """One ``RepositoryEntry`` per model, as JSON."""
         ...

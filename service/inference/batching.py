@@ -15,10 +15,11 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from service import tracing
 from service.errors import Overloaded
 
 __all__ = ["BatchObserver", "BatchStats", "DynamicBatcher", "Forward"]
@@ -31,6 +32,7 @@ class _Item:
     images: np.ndarray  # n x 1 x 28 x 28, n <= max_batch_size
     future: asyncio.Future[np.ndarray]
     request: int  # the chunks of one request share it
+    trace: Any  # the request's tracing context (None when tracing is off)
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -117,8 +119,8 @@ class DynamicBatcher:
             )
         loop = asyncio.get_running_loop()
         step = self.max_batch_size
-        request = next(self._requests)
-        items = [_Item(images[start : start + step], loop.create_future(), request) for start in range(0, count, step)]
+        request, trace = next(self._requests), tracing.current_context()
+        items = [_Item(images[start : start + step], loop.create_future(), request, trace) for start in range(0, count, step)]
         self._queue.extend(items)
         self._set_queued(self._queued_images + count)
         self._wakeup.set()
@@ -183,6 +185,7 @@ class DynamicBatcher:
         self.stats.largest_batch = max(self.stats.largest_batch, size)
         if self._observer is not None:
             self._observer.observe_batch(self.name, size, [started - item.enqueued for item in batch], finished - started)
+        tracing.record_pass([item.trace for item in batch], [item.enqueued for item in batch], started, finished, size)
         offset = 0
         for item in batch:
             if not item.future.done():

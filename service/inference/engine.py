@@ -16,9 +16,12 @@ count for every pass instead.
 """
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
+import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,10 +30,13 @@ import torch
 
 from core.preprocess import PREPROCESSING_VERSION
 from core.spec import INPUT_SHAPE
+from models.checkpoint import CheckpointError
 from service.config import Settings
+from service.errors import LoadRefused, ModelUnloaded
 from service.inference.backend import BackendStatus
 from service.inference.batching import DynamicBatcher
 from service.inference.loader import ServedModel, load_models, select_device
+from service.inference.repository import RepositoryEntry, changed, verify_smoke
 from service.metrics import Metrics
 
 __all__ = ["WIDE_PASS_IMAGES", "Engine"]
@@ -53,6 +59,9 @@ class Engine:
             load_models, settings.weights_dir, self.device, settings.inference_threads()
         ).result()
         self.batchers: dict[str, DynamicBatcher] = {}
+        self.unloaded: set[str] = set()
+        self.weights_generation = 0
+        self._loading = asyncio.Lock()
         self.ready = False
         self.draining = False
         for name, model in self.models.items():
@@ -60,10 +69,10 @@ class Engine:
                 metrics.observe_model(name, model.sha256, str(self.device))
 
     async def start(self) -> None:
-        for name, model in self.models.items():
+        for name in self.models:
             batcher = DynamicBatcher(
                 name,
-                functools.partial(self._forward, model),
+                functools.partial(self._forward, name),  # the model is looked up per pass: a load swaps it
                 self._executor,
                 max_batch_size=self.max_batch_size,
                 max_wait_s=self.settings.max_batch_wait_ms / 1000,
@@ -75,16 +84,79 @@ class Engine:
 
     async def warm_up(self) -> None:
         """Capture CUDA graphs, run every batch size a request can produce, then report ready."""
-        loop = asyncio.get_running_loop()
-        sizes = sorted({1, self.max_batch_size})
-        for name, model in self.models.items():
-            await loop.run_in_executor(self._executor, model.capture_graphs, self.max_batch_size)
-            for size in sizes:
-                for _ in range(self.settings.warmup_batches):
-                    await loop.run_in_executor(self._executor, functools.partial(model.forward, np.zeros((size, *INPUT_SHAPE), np.float32)))
-            log.info("warmed up %s with batch sizes %s%s", name, sizes, " (CUDA graphs)" if model.graphs else "")
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._warm, self.models)
         self.ready = not self.draining
         log.info("ready: %s", ", ".join(self.models))
+
+    def _warm(self, models: dict[str, ServedModel]) -> None:
+        """On the inference thread: graphs, then ``warmup_batches`` passes of each batch size."""
+        sizes = sorted({1, self.max_batch_size})
+        for name, model in models.items():
+            model.capture_graphs(self.max_batch_size)
+            for size in sizes:
+                for _ in range(self.settings.warmup_batches):
+                    model.forward(np.zeros((size, *INPUT_SHAPE), np.float32))
+            log.info("warmed up %s with batch sizes %s%s", name, sizes, " (CUDA graphs)" if model.graphs else "")
+
+    # The model repository ------------------------------------------------------------------
+
+    async def load(self, name: str | None) -> list[str]:
+        """Re-read the weights directory for ``name`` (None: SIGHUP's reload of them all) and serve
+        what changed, once verified; the names swapped. Raises ``LoadRefused`` and keeps serving the
+        old set when it fails."""
+        async with self._loading:
+            candidate = await asyncio.get_running_loop().run_in_executor(self._executor, self._candidate)
+            swapped = changed(self.models, candidate)
+            for changed_name in swapped:
+                self.models[changed_name] = candidate[changed_name]
+                if self._metrics is not None:
+                    self._metrics.observe_model(changed_name, candidate[changed_name].sha256, str(self.device))
+            self.weights_generation += bool(swapped)
+            self.unloaded.discard(name or "")
+            done = f"swapped {', '.join(swapped)}" if swapped else "the served weights are the ones on disk"
+            log.info("loaded %s: %s", name or "every model", done)
+            return swapped
+
+    def reload_on_sighup(self, then: Callable[[], None] = lambda: None) -> None:
+        """With model control on, SIGHUP loads the weights on disk as ``load`` does (``then`` after
+        a load that swapped weights); a refused set is logged and the served one keeps serving."""
+        if self.settings.model_control != "explicit":
+            return
+
+        async def reload() -> None:
+            try:
+                if await self.load(None):
+                    then()
+            except LoadRefused as exc:
+                log.error("SIGHUP: the weights on disk were not loaded: %s", exc)
+
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
+
+    def _candidate(self) -> dict[str, ServedModel]:
+        """On the inference thread: the weights on disk, loaded, warmed and smoke-checked."""
+        try:
+            candidate = load_models(self.settings.weights_dir, self.device, self.settings.inference_threads())
+        except CheckpointError as exc:
+            raise LoadRefused(str(exc)) from None
+        self._warm(candidate)
+        verify_smoke(candidate)
+        return candidate
+
+    async def unload(self, name: str) -> None:
+        """``name`` answers 404 until it is loaded again; the others, the ensemble included, keep serving."""
+        self.unloaded.add(name)
+        log.info("unloaded %s", name)
+
+    async def repository_index(self) -> list[dict[str, Any]]:
+        return [dataclasses.asdict(self._entry(name, model)) for name, model in self.models.items()]
+
+    def _entry(self, name: str, model: ServedModel) -> RepositoryEntry:
+        if name in self.unloaded:
+            return RepositoryEntry(name, "UNAVAILABLE", "unloaded", model.sha256)
+        if not self.ready:
+            return RepositoryEntry(name, "UNAVAILABLE", "warming up", model.sha256)
+        return RepositoryEntry(name, "READY", "", model.sha256)
 
     def pass_threads(self, images: int, requests: int) -> int | None:
         """Intra-op threads for a pass of ``images`` serving ``requests``; None: the model's own."""
@@ -92,17 +164,21 @@ class Engine:
             return None
         return os.cpu_count() or 1
 
-    def _forward(self, model: ServedModel, images: np.ndarray, requests: int) -> np.ndarray:
-        return model.forward(images, self.pass_threads(len(images), requests))
+    def _forward(self, name: str, images: np.ndarray, requests: int) -> np.ndarray:
+        return self.models[name].forward(images, self.pass_threads(len(images), requests))
 
     def status(self) -> BackendStatus:
         detail = ", ".join(self.models) if self.ready else "the models are still warming up"
-        return BackendStatus(ready=self.ready and not self.draining, draining=self.draining, detail=detail)
+        return BackendStatus(
+            ready=self.ready and not self.draining, draining=self.draining, detail=detail, weights_generation=self.weights_generation
+        )
 
     def begin_draining(self) -> None:
         self.draining = True
 
     async def predict(self, model: str, images: np.ndarray) -> np.ndarray:
+        if model in self.unloaded:
+            raise ModelUnloaded(model)
         return await self.batchers[model].predict(images)
 
     async def describe(self) -> dict[str, Any]:

@@ -23,15 +23,21 @@ HEADER = struct.Struct("!BIII")
 class Kind(IntEnum):
     # worker -> inference
     HELLO = 1  # text: the worker's pid
-    PREDICT = 2  # text: model name; data: N x 1 x 28 x 28 float32
+    PREDICT = 2  # text: model name, then a space and the W3C traceparent when tracing; data: N x 1 x 28 x 28 float32
     CANCEL = 3  # the caller gave up on this request id
     DESCRIBE = 4
+    LOAD = 10  # text: model name (the model repository)
+    UNLOAD = 11  # text: model name
+    INDEX = 12
     # inference -> worker
     RESULT = 5  # data: N x 10 float32
     OVERLOADED = 6  # text: message (503)
     FAILED = 7  # text: message (the forward pass raised)
     DESCRIPTION = 8  # text: JSON of Engine.describe()
-    STATUS = 9  # text: JSON {"ready", "draining", "detail"}; pushed on every change
+    STATUS = 9  # text: JSON {"ready", "draining", "detail", "weights_generation"}; pushed on every change
+    REPLY = 13  # text: JSON, the answer to LOAD, UNLOAD or INDEX
+    REFUSED = 14  # text: message (LOAD: the weights on disk failed verification)
+    UNLOADED = 15  # text: model name (PREDICT for a model the repository unloaded)
 
 
 @dataclass(frozen=True)
