@@ -85,7 +85,8 @@ class AugmentedDigits(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 N x [1 x] 28 x 28 -> float N x 1 x 28 x 28 with MNIST's mean and std."""
+    """N x [1 x] 28 x 28, uint8 (0-255) or float (0-1) -> float N x 1 x 28 x 28 with MNIST's mean and std."""
     if images.dim() == 3:
         images = images.unsqueeze(1)
-    return (images.float() / 255.0 - MNIST_MEAN) / MNIST_STD
+    intensity = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    return (intensity - MNIST_MEAN) / MNIST_STD

@@ -1,14 +1,15 @@
 """Fitting one network to a recipe, and choosing its epoch on the validation split.
 
 The loop: AdamW under a one-cycle schedule on (label-smoothed) cross-entropy of augmented
-digits, plus, with outlier exposure, a uniform-target loss on synthetic non-digits; after each
+digits (MNIST's, and with ``data.strokes_fraction`` a share of each batch synthesised from pen
+strokes by ``models.strokes``, fresh for every step), plus, with outlier exposure, a uniform-target loss on synthetic non-digits; after each
 epoch the moving average of the weights is measured on the validation split, and the epoch
 that ranks highest by ``recipe.selection`` is kept. Nothing here reads the test set.
 """
 
 import copy
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from models.data import AugmentedDigits, Digits, normalise
 from models.evaluate import predict
 from models.nondigits import VALIDATION_SEED, nondigit_pool
 from models.registry import build
+from models.strokes import StrokeDigits
 from models.training.recipe import Init, Recipe, Selection
 
 __all__ = ["Fitted", "accuracy", "fit", "load_init", "outlier_loss", "selection_key"]
@@ -140,8 +142,8 @@ def _initial_net(recipe: Recipe, init: dict[str, torch.Tensor] | None) -> nn.Mod
     return net
 
 
-def _loaders(recipe: Recipe, train: Digits, workers: int) -> tuple[Loader, Loader]:
-    """Augmented (the distortion, then the degradations that have a probability) and clean batches."""
+def _loaders(recipe: Recipe, train: Digits, workers: int, batch_size: int) -> tuple[Loader, Loader]:
+    """Augmented (the distortion, then the degradations that have a probability) and clean batches of MNIST."""
     generator = torch.Generator().manual_seed(recipe.optimisation.seed)
     distortion = recipe.augmentation.transform()
     transform = v2.Compose([distortion, recipe.degradations]) if recipe.degradations.active else distortion
@@ -149,7 +151,7 @@ def _loaders(recipe: Recipe, train: Digits, workers: int) -> tuple[Loader, Loade
     def loader(transform: Callable[[torch.Tensor], torch.Tensor] | None) -> Loader:
         return DataLoader(
             AugmentedDigits(train, transform),
-            batch_size=recipe.optimisation.batch_size,
+            batch_size=batch_size,
             shuffle=True,
             drop_last=True,
             num_workers=workers,
@@ -160,13 +162,29 @@ def _loaders(recipe: Recipe, train: Digits, workers: int) -> tuple[Loader, Loade
     return loader(transform), loader(None)
 
 
+def _stroke_batches(recipe: Recipe, per_batch: int, steps: int, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``per_batch`` synthesised digits for each of the run's steps, never one twice: items 0, 1, ...
+    of the pool seeded with the training seed. They carry their own distortions; the recipe's
+    augmentation is MNIST's."""
+    if per_batch == 0:
+        return iter(())
+    pool = StrokeDigits(per_batch * steps * recipe.schedule.epochs, recipe.optimisation.seed)
+    return iter(DataLoader(pool, batch_size=per_batch, num_workers=workers))
+
+
 def fit(recipe: Recipe, train: Digits, val: Digits, workers: int, init: dict[str, torch.Tensor] | None = None) -> Fitted:
     """Train ``recipe.arch`` on ``train``, keeping the moving-average weights of the epoch ``recipe.selection`` ranks first."""
     torch.manual_seed(recipe.optimisation.seed)
     net = _initial_net(recipe, init)
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(recipe.optimisation.ema_decay))
-    augmented, clean = _loaders(recipe, train, workers)
-    n_outliers = recipe.outliers.per_batch(recipe.optimisation.batch_size)
+    batch_size = recipe.optimisation.batch_size
+    try:
+        n_strokes = recipe.data.strokes_per_batch(batch_size)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    augmented, clean = _loaders(recipe, train, workers, batch_size - n_strokes)
+    strokes = _stroke_batches(recipe, n_strokes, len(augmented), workers)
+    n_outliers = recipe.outliers.per_batch(batch_size)
     sets = _validation_sets(val, recipe.data.non_digits) if n_outliers or recipe.selection.rule != "val_accuracy" else None
     epochs = recipe.schedule.epochs
     optimiser = torch.optim.AdamW(net.parameters(), lr=recipe.schedule.lr, weight_decay=recipe.optimisation.weight_decay)
@@ -186,8 +204,12 @@ def fit(recipe: Recipe, train: Digits, val: Digits, workers: int, init: dict[str
         loader = clean if epoch > epochs - recipe.schedule.clean_epochs else augmented
         bar = tqdm(loader, desc=f"{recipe.arch} {epoch}/{epochs}", leave=False, dynamic_ncols=True)
         for step, (images, labels) in enumerate(bar):
-            outliers = pool[step * n_outliers : (step + 1) * n_outliers]
-            all_logits = net(normalise(torch.cat([images.squeeze(1), outliers])).contiguous(memory_format=torch.channels_last))
+            digits = normalise(images)
+            if n_strokes:
+                drawn, drawn_labels = next(strokes)
+                digits, labels = torch.cat([digits, normalise(drawn)]), torch.cat([labels, drawn_labels])
+            outliers = normalise(pool[step * n_outliers : (step + 1) * n_outliers])
+            all_logits = net(torch.cat([digits, outliers]).contiguous(memory_format=torch.channels_last))
             logits = all_logits[: len(labels)]
             loss = F.cross_entropy(logits, labels, label_smoothing=recipe.optimisation.label_smoothing)
             if n_outliers:

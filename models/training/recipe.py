@@ -45,11 +45,24 @@ SMOKE_NON_DIGITS = 500  # the same pools, cut short, for runs on a --train-limit
 
 @dataclass(frozen=True)
 class Data:
-    """The MNIST training images: which are held out for validation, and how many are trained on."""
+    """The training digits: which MNIST images are held out for validation, how many are trained on,
+    and the share of each batch synthesised from pen strokes (an epoch is still one pass over MNIST)."""
 
     split_seed: int = hyperparameter(2024, "seed of the split: which training images are validation")
     val_size: int = hyperparameter(5000, "training images held out for validation")
     train_limit: int | None = hyperparameter(None, "train on the first N images only (smoke runs)")
+    strokes_fraction: float = hyperparameter(
+        0.0, "share of each batch's digits drawn by the stroke synthesiser (models.strokes) instead of MNIST, in [0, 1)"
+    )
+
+    def strokes_per_batch(self, batch_size: int) -> int:
+        """Synthesised digits per batch of ``batch_size`` digits; the rest are MNIST's, at least one."""
+        if self.strokes_fraction < 0.0:
+            raise ValueError(f"strokes_fraction {self.strokes_fraction:g} is a share of the batch: 0 or more")
+        count = round(batch_size * self.strokes_fraction)
+        if count >= batch_size:
+            raise ValueError(f"strokes_fraction {self.strokes_fraction:g} leaves no MNIST images in a batch of {batch_size}")
+        return count
 
     @property
     def non_digits(self) -> int:
