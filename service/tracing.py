@@ -96,15 +96,24 @@ def shutdown() -> None:
 
 
 def span(name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
-    """A child span of the current one, or nothing when tracing is off."""
-    if _tracer is None:
+    """A child span of the current one; nothing when tracing is off or the trace is not sampled
+    (``OTEL_TRACES_SAMPLER``), whose spans would be dropped anyway."""
+    if _tracer is None or not _recording(None):
         return _NOTHING
     return _tracer.start_as_current_span(name, attributes=attributes)
 
 
+def _recording(parent: Any) -> bool:
+    """Whether the trace of ``parent`` (None: the current context) is sampled; a parent from
+    another process is never "recording" here, so its sampled flag is what counts."""
+    from opentelemetry import trace
+
+    return bool(trace.get_current_span(parent).get_span_context().trace_flags.sampled)
+
+
 def current_context() -> Any:
-    """The active context to hand to work that runs elsewhere (a batch, another process); None when off."""
-    if _tracer is None:
+    """The active context to hand to work that runs elsewhere (a batch); None when off or not sampled."""
+    if _tracer is None or not _recording(None):
         return None
     from opentelemetry import context
 
@@ -112,8 +121,8 @@ def current_context() -> Any:
 
 
 def traceparent() -> str:
-    """The active context as a W3C ``traceparent`` value ("" when off or outside a span)."""
-    if _tracer is None:
+    """The active context as a W3C ``traceparent`` value ("" when off, outside a span or not sampled)."""
+    if _tracer is None or not _recording(None):
         return ""
     from opentelemetry import propagate
 
@@ -162,7 +171,7 @@ def record_pass(parents: list[Any], enqueued_s: list[float], started_s: float, f
         return offset_ns + int(seconds * 1e9)
 
     for parent, enqueued in zip(parents, enqueued_s, strict=True):
-        if parent is None:
+        if parent is None or not _recording(parent):
             continue
         queue = _tracer.start_span("queue", context=parent, start_time=ns(enqueued))
         queue.end(end_time=ns(started_s))
