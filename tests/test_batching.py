@@ -18,15 +18,13 @@ class RecordingForward:
 
     def __init__(self, delay_s: float = 0.0, fail_on_call: int | None = None) -> None:
         self.sizes: list[int] = []
-        self.requests: list[int] = []  # how many requests each pass served
         self.delay_s = delay_s
         self.fail_on_call = fail_on_call
         self.lock = threading.Lock()
 
-    def __call__(self, images: np.ndarray, requests: int) -> np.ndarray:
+    def __call__(self, images: np.ndarray) -> np.ndarray:
         with self.lock:
             self.sizes.append(len(images))
-            self.requests.append(requests)
             call = len(self.sizes)
         time.sleep(self.delay_s)
         if call == self.fail_on_call:
@@ -129,15 +127,3 @@ async def test_max_wait_lets_a_batch_fill(executor: ThreadPoolExecutor) -> None:
     await asyncio.gather(first, second)
     assert forward.sizes == [2]
     await batcher.stop()
-
-
-async def test_each_pass_knows_how_many_requests_it_serves(executor: ThreadPoolExecutor) -> None:
-    """The engine gives a pass for few requests every core: the count must be of requests, not chunks."""
-    forward = RecordingForward(delay_s=0.05)
-    batcher = await make(forward, executor)
-    first = asyncio.create_task(batcher.predict(images(1.0)))
-    await asyncio.sleep(0.01)  # the model is busy with it; the next ones queue up together
-    await asyncio.gather(first, batcher.predict(images(*range(3))), batcher.predict(images(*range(4))), batcher.predict(images(*range(20))))
-    await batcher.stop()
-    assert forward.sizes[:2] == [1, 7] and forward.requests[:2] == [1, 2]
-    assert forward.sizes[2:] == [8, 8, 4] and forward.requests[2:] == [1, 1, 1]  # the 20-image request's chunks

@@ -7,7 +7,6 @@ warm-up and inference must share one thread.
 
 import asyncio
 import logging
-import os
 import threading
 import time
 
@@ -35,9 +34,9 @@ async def test_torch_work_stays_in_the_inference_thread(monkeypatch: pytest.Monk
         calls.append((threading.current_thread().name, 0))
         return load_models(*args)  # type: ignore[arg-type]
 
-    def recording_forward(self: ServedModel, images: np.ndarray, threads: int | None = None) -> np.ndarray:
+    def recording_forward(self: ServedModel, images: np.ndarray) -> np.ndarray:
         calls.append((threading.current_thread().name, len(images)))
-        return forward(self, images, threads)
+        return forward(self, images)
 
     monkeypatch.setattr(engine_module, "load_models", recording_load)
     monkeypatch.setattr(ServedModel, "forward", recording_forward)
@@ -59,10 +58,10 @@ async def test_a_request_that_outlives_its_timeout_is_answered_overloaded(monkey
     forward = ServedModel.forward
     slow = threading.Event()
 
-    def sometimes_slow_forward(self: ServedModel, images: np.ndarray, threads: int | None = None) -> np.ndarray:
+    def sometimes_slow_forward(self: ServedModel, images: np.ndarray) -> np.ndarray:
         if slow.is_set():
             time.sleep(0.3)
-        return forward(self, images, threads)
+        return forward(self, images)
 
     monkeypatch.setattr(ServedModel, "forward", sometimes_slow_forward)
     settings = Settings(weights_dir=WEIGHTS, warmup_batches=1, request_timeout_s=0.1, torch_threads=1)
@@ -140,21 +139,3 @@ def test_weights_fitted_with_another_preprocessing_are_served_with_a_loud_warnin
         assert check_preprocessing("resnet", metadata) is False
     assert f"fitted with preprocessing version {PREPROCESSING_VERSION + 1}" in caplog.text
     assert check_preprocessing("resnet", {"is_digit": {"preprocessing_version": PREPROCESSING_VERSION}}) is True
-
-
-@pytest.mark.parametrize(
-    ("workers", "torch_threads", "images", "requests", "threads"),
-    [
-        (1, 0, 128, 1, "all"),  # one large request: its HTTP worker waits on it
-        (2, 0, 128, 2, "all"),
-        (1, 0, 128, 2, None),  # more requests than workers: HTTP is busy
-        (1, 0, 8, 1, None),  # a narrow pass gains nothing from more threads
-        (1, 3, 128, 1, None),  # a fixed thread count holds for every pass
-    ],
-)
-def test_a_wide_pass_for_few_requests_takes_every_core(
-    workers: int, torch_threads: int, images: int, requests: int, threads: str | None
-) -> None:
-    engine = Engine.__new__(Engine)  # the rule reads only the settings
-    engine.settings = Settings(weights_dir=WEIGHTS, workers=workers, torch_threads=torch_threads)
-    assert engine.pass_threads(images, requests) == (os.cpu_count() if threads == "all" else None)

@@ -8,7 +8,6 @@ free model a little longer to let a batch fill.
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections import deque
@@ -31,7 +30,6 @@ log = logging.getLogger(__name__)
 class _Item:
     images: np.ndarray  # n x 1 x 28 x 28, n <= max_batch_size
     future: asyncio.Future[np.ndarray]
-    request: int  # the chunks of one request share it
     trace: Any  # the request's tracing context (None when tracing is off)
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -55,8 +53,8 @@ class BatchObserver(Protocol):
     def observe_queue(self, model: str, images: int) -> None: ...
 
 
-Forward = Callable[[np.ndarray, int], np.ndarray]
-"""A pass over N x 1 x 28 x 28 images that serve the given number of requests -> N x 10 probabilities."""
+Forward = Callable[[np.ndarray], np.ndarray]
+"""A pass over N x 1 x 28 x 28 images -> N x 10 probabilities."""
 
 
 class DynamicBatcher:
@@ -84,7 +82,6 @@ class DynamicBatcher:
         self._queued_images = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._requests = itertools.count()
         self.stats = BatchStats()
 
     @property
@@ -119,8 +116,8 @@ class DynamicBatcher:
             )
         loop = asyncio.get_running_loop()
         step = self.max_batch_size
-        request, trace = next(self._requests), tracing.current_context()
-        items = [_Item(images[start : start + step], loop.create_future(), request, trace) for start in range(0, count, step)]
+        trace = tracing.current_context()
+        items = [_Item(images[start : start + step], loop.create_future(), trace) for start in range(0, count, step)]
         self._queue.extend(items)
         self._set_queued(self._queued_images + count)
         self._wakeup.set()
@@ -162,17 +159,16 @@ class DynamicBatcher:
             if batch:
                 await self._run_batch(batch)
 
-    def _forward_chunks(self, chunks: list[np.ndarray], requests: int) -> np.ndarray:
+    def _forward_chunks(self, chunks: list[np.ndarray]) -> np.ndarray:
         """Runs in the executor: one pass over every chunk of the batch."""
-        return self._forward(chunks[0] if len(chunks) == 1 else np.concatenate(chunks), requests)
+        return self._forward(chunks[0] if len(chunks) == 1 else np.concatenate(chunks))
 
     async def _run_batch(self, batch: list[_Item]) -> None:
         size = sum(len(item.images) for item in batch)
         started = time.perf_counter()
         try:
             chunks = [item.images for item in batch]
-            requests = len({item.request for item in batch})
-            probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self._forward_chunks, chunks, requests)
+            probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self._forward_chunks, chunks)
         except Exception as exc:  # a failed forward fails only this batch's requests
             log.exception("forward pass of %s failed for a batch of %d images", self.name, size)
             for item in batch:

@@ -7,19 +7,16 @@ inference thread: each thread that runs a parallel torch op gets an OpenMP team 
 own, and two teams on a small machine slow a batch-1 pass several times
 (tests/test_engine.py checks the thread).
 
-Compute follows the load. A pass normally gets the cores the HTTP workers leave free
-(``Settings.inference_threads``). A wide pass (``WIDE_PASS_IMAGES`` or more) that serves no
-more requests than there are HTTP workers gets every core: the workers that sent those
-requests are waiting on it, so the HTTP side is idle. Under a flood of small requests a
-batch serves many requests, and HTTP keeps its cores. ``DIGITS_TORCH_THREADS`` fixes the
-count for every pass instead.
+A pass gets the cores the HTTP workers leave free (``Settings.inference_threads``), whatever
+its size: a pass given every core ran up to ten times slower whenever another process held
+one of them (OpenMP's team waits for its preempted thread at each barrier;
+bench/results/threads-2core.json).
 """
 
 import asyncio
 import dataclasses
 import functools
 import logging
-import os
 import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,9 +36,7 @@ from service.inference.loader import ServedModel, load_models, select_device
 from service.inference.repository import RepositoryEntry, changed, verify_smoke
 from service.metrics import Metrics
 
-__all__ = ["WIDE_PASS_IMAGES", "Engine"]
-
-WIDE_PASS_IMAGES = 64
+__all__ = ["Engine"]
 
 log = logging.getLogger(__name__)
 
@@ -158,14 +153,8 @@ class Engine:
             return RepositoryEntry(name, "UNAVAILABLE", "warming up", model.sha256)
         return RepositoryEntry(name, "READY", "", model.sha256)
 
-    def pass_threads(self, images: int, requests: int) -> int | None:
-        """Intra-op threads for a pass of ``images`` serving ``requests``; None: the model's own."""
-        if self.settings.torch_threads or images < WIDE_PASS_IMAGES or requests > self.settings.workers:
-            return None
-        return os.cpu_count() or 1
-
-    def _forward(self, name: str, images: np.ndarray, requests: int) -> np.ndarray:
-        return self.models[name].forward(images, self.pass_threads(len(images), requests))
+    def _forward(self, name: str, images: np.ndarray) -> np.ndarray:
+        return self.models[name].forward(images)
 
     def status(self) -> BackendStatus:
         detail = ", ".join(self.models) if self.ready else "the models are still warming up"

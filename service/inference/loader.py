@@ -114,12 +114,11 @@ class ServedModel:
             self.graphs = None
             log.warning("CUDA graph capture failed for %s, serving it with eager passes: %s", self.name, exc)
 
-    def forward(self, images: np.ndarray, threads: int | None = None) -> np.ndarray:
-        """Probabilities for N x 1 x 28 x 28 float32 intensities in [0, 1]; runs in the engine's one torch thread,
-        with ``threads`` intra-op threads on the CPU (default: the model's own)."""
+    def forward(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities for N x 1 x 28 x 28 float32 intensities in [0, 1]; runs in the engine's one torch thread."""
         if self.graphs is not None:
             return self.graphs(images)
-        torch.set_num_threads(threads or self.threads)  # OpenMP keeps this per calling thread: set it where the pass runs
+        torch.set_num_threads(self.threads)  # OpenMP keeps this per calling thread: set it where the pass runs
         with torch.inference_mode():
             batch = torch.from_numpy(np.require(images, np.float32, ["C", "W"])).to(self.device, non_blocking=True)
             return _normalised(self.module, batch).float().cpu().numpy()
