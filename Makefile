@@ -54,6 +54,7 @@ train: $(BIN)/.installed-dev
 evaluate: $(BIN)/.installed-dev
 	$(BIN)/python -m models.evaluate --data-dir $(DATA_DIR) --no-download
 	$(BIN)/python -m evaluation.realworld --data-dir $(DATA_DIR) --out evaluation/results/realworld.json
+	$(BIN)/python -m evaluation.numbers --data-dir $(DATA_DIR) --out evaluation/results/numbers.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts

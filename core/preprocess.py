@@ -10,13 +10,26 @@ digit is cropped, scaled and centred as MNIST's were.
 """
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from core.errors import InputError
 
-__all__ = ["ALLOWED_FORMATS", "PREPROCESSING_VERSION", "Blank", "decode_image", "to_mnist"]
+__all__ = [
+    "ALLOWED_FORMATS",
+    "INK_THRESHOLD",
+    "PREPROCESSING_VERSION",
+    "PROCESS_SIZE",
+    "Blank",
+    "InkMap",
+    "decode_image",
+    "decode_upright",
+    "frame_digit",
+    "ink_map",
+    "to_mnist",
+]
 
 # What ``to_mnist`` makes of an image, as a number: every checkpoint's metadata records the
 # version its is_digit thresholds (and training data) were made with, and the server warns when
@@ -31,6 +44,7 @@ INK_THRESHOLD = 0.05  # weaker than this (on a 0-1 scale) is background noise, n
 EXIF_FORMATS = ("JPEG", "WEBP", "TIFF")  # where an orientation tag is common; PNG says so in info
 COLOUR_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "P", "PA", "CMYK", "YCbCr")  # read per channel: coloured ink
 WORKING_SIZE = 1024  # larger images are first reduced to this: the digit ends up 20 px anyway
+PROCESS_SIZE = 256  # paper photos are reduced to this (longer side) to find the ink: the digit ends up 20 px anyway
 
 
 class Blank(InputError):
@@ -38,7 +52,15 @@ class Blank(InputError):
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Pillow-decoded first frame, upright per EXIF; refuses non-images and decompression bombs.
+    """Pillow-decoded first frame, upright per EXIF; refuses non-images and decompression bombs."""
+    return decode_upright(data, max_pixels=max_pixels)[0]
+
+
+def decode_upright(data: bytes, *, max_pixels: int) -> tuple[Image.Image, tuple[int, int]]:
+    """``decode_image``'s picture, and the uploaded image's own (width, height) once upright.
+
+    The picture may be smaller than the upload (JPEG draft decoding, WORKING_SIZE); the size
+    is what positions on the picture are scaled back to, to be given in the upload's pixels.
 
     Pillow's format parsers raise many exception types (OSError, ValueError, TypeError,
     struct.error, ...) on malformed files; for untrusted bytes each of them means the same
@@ -57,12 +79,16 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     width, height = image.size
     if width * height > max_pixels:
         raise InputError(f"has {width}x{height} = {width * height} pixels, above the limit of {max_pixels}", status_code=413)
+    upright = (width, height)
     try:
         image.draft("L", (WORKING_SIZE, WORKING_SIZE))  # JPEG: decode at a reduced scale (no-op elsewhere)
         image.load()  # the first frame of an animation
         if image.format in EXIF_FORMATS or "exif" in image.info:  # a PNG's eXIf chunk is in info once loaded
+            loaded = image.size
             ImageOps.exif_transpose(image, in_place=True)
-        return _reduced(image)
+            if image.size != loaded:  # turned by a quarter: the upload's sides swap too
+                upright = (height, width)
+        return _reduced(image), upright
     except Exception as exc:
         raise InputError(f"could not be decoded as {image.format}: {exc}") from None
 
@@ -89,15 +115,38 @@ def _converted(image: Image.Image, mode: str) -> Image.Image:
         raise InputError(f"has image mode {image.mode}, which cannot be read as a digit") from None
 
 
-def _ink(image: Image.Image) -> tuple[np.ndarray, bool]:
-    """Ink intensity in [0, 1] (1 = stroke), and whether the image already was white on black."""
+@dataclass(frozen=True)
+class InkMap:
+    """The ink of a whole picture: ``ink`` in [0, 1] (1 = stroke, 0 = background), every stroke kept
+    (specks too), and whether the picture already was MNIST's own form (28x28, white on black)."""
+
+    ink: np.ndarray
+    white_on_black: bool
+
+
+def ink_map(image: Image.Image, *, process_size: int = PROCESS_SIZE) -> InkMap:
+    """The background removal of ``to_mnist`` on the whole picture, nothing dropped.
+
+    Paper photos are reduced to ``process_size`` on the longer side first (a canvas's alpha
+    is taken at its own size), so that several digits in one wide picture keep their detail.
+    """
+    ink, white_on_black = _ink(image, process_size=process_size, drop_specks=False)
+    return InkMap(ink, white_on_black)
+
+
+def _ink(image: Image.Image, *, process_size: int = PROCESS_SIZE, drop_specks: bool = True) -> tuple[np.ndarray, bool]:
+    """Ink intensity in [0, 1] (1 = stroke), and whether the image already was white on black.
+
+    ``process_size``: the longer side paper photos are reduced to; ``drop_specks``: keep only
+    the digit's own strokes, as one digit is read.
+    """
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
     if has_alpha:
         alpha = np.asarray(_converted(image, "RGBA"), dtype=np.float32)[..., 3] / 255.0
         if alpha.min() < 1.0:  # a transparent background: what was painted is the ink
             return alpha, False
-    if max(image.size) > PROCESS_SIZE and image.mode in ("L", "RGB"):  # a photo: 8-bit reduction is the cheapest
-        scale = PROCESS_SIZE / max(image.size)
+    if max(image.size) > process_size and image.mode in ("L", "RGB"):  # a photo: 8-bit reduction is the cheapest
+        scale = process_size / max(image.size)
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BOX)
     planes = _planes(image)
     grey = planes[0] if len(planes) == 1 else np.mean(planes, axis=0)
@@ -106,7 +155,7 @@ def _ink(image: Image.Image) -> tuple[np.ndarray, bool]:
         if grey.shape == (SIZE, SIZE):
             return grey, True  # MNIST's own form: served exactly as the models were evaluated
         planes = [1.0 - plane for plane in planes]
-    return _paper_ink(planes), False
+    return _paper_ink(planes, process_size, drop_specks), False
 
 
 def _planes(image: Image.Image) -> list[np.ndarray]:
@@ -140,7 +189,6 @@ def _planes(image: Image.Image) -> list[np.ndarray]:
 # the digit are dropped. What is kept is soft: the ink's absorption, stretched so that the
 # ink's typical value is 1, with anti-aliased edges, as MNIST's strokes are.
 
-PROCESS_SIZE = 256  # larger pictures are reduced to this first: the digit ends up 20 px anyway
 SMALL_SIZE = 64  # smaller pictures are enlarged smoothly to at least this, so that pixels become strokes
 SMALL_FLOOR = 0.03  # enlarging a thumbnail smoothly rings faintly around its strokes; less is not ink
 BACKGROUND_CELLS = 32  # the paper's brightness is estimated on a grid of this many cells (longer side)
@@ -153,12 +201,12 @@ MIN_SHARE = 0.2  # a component with less of the ink than this share of the large
 NEAR_SHARE = 0.04  # ...unless it lies within the largest one's box and holds at least this share
 
 
-def _paper_ink(planes: list[np.ndarray]) -> np.ndarray:
-    """Dark ink on paper -> soft ink in [0, 1] on 0, only the digit's strokes."""
+def _paper_ink(planes: list[np.ndarray], process_size: int, drop_specks: bool) -> np.ndarray:
+    """Dark ink on paper -> soft ink in [0, 1] on 0; only the digit's strokes with ``drop_specks``."""
     planes = _unblocked(planes)
     if max(planes[0].shape) < SMALL_SIZE:
         return _thumbnail_ink(planes)
-    planes = _resized(planes)
+    planes = _resized(planes, process_size)
     eight_bit = _denoised(np.max([_absorption(plane) for plane in planes], axis=0))
     values = np.asarray(eight_bit)
     cut = max(_otsu(eight_bit.histogram()), int(MIN_CONTRAST * 255))
@@ -172,12 +220,12 @@ def _paper_ink(planes: list[np.ndarray]) -> np.ndarray:
         return np.zeros(values.shape, np.float32)
     low = 0.5 * (cut + 0.5) / 255.0
     soft = np.clip((values * np.float32(1 / 255) - low) / max(level - low, 1e-3), 0.0, 1.0)
-    return soft * _significant(strokes, soft)
+    return soft * _significant(strokes, soft) if drop_specks else soft
 
 
 def _thumbnail_ink(planes: list[np.ndarray]) -> np.ndarray:
     """A thumbnail, enlarged smoothly: its background is even, and each grey level is part of the shape."""
-    planes = _resized(planes)
+    planes = _resized(planes, PROCESS_SIZE)
     absorbed = np.max([1.0 - plane / max(float(plane.max()), 1e-3) for plane in planes], axis=0)
     return np.clip((absorbed - SMALL_FLOOR) / (1.0 - SMALL_FLOOR), 0.0, 1.0)
 
@@ -195,12 +243,12 @@ def _unblocked(planes: list[np.ndarray]) -> list[np.ndarray]:
     return [np.ascontiguousarray(plane[::block, ::block]) for plane in planes]
 
 
-def _resized(planes: list[np.ndarray]) -> list[np.ndarray]:
-    """Planes no larger than PROCESS_SIZE, and small ones enlarged smoothly to SMALL_SIZE."""
+def _resized(planes: list[np.ndarray], process_size: int) -> list[np.ndarray]:
+    """Planes no larger than ``process_size``, and small ones enlarged smoothly to SMALL_SIZE."""
     height, width = planes[0].shape
     longest = max(height, width)
-    if longest > PROCESS_SIZE:
-        scale, method = PROCESS_SIZE / longest, Image.Resampling.BOX
+    if longest > process_size:
+        scale, method = process_size / longest, Image.Resampling.BOX
     elif longest < SMALL_SIZE:
         scale, method = float(np.ceil(SMALL_SIZE / longest)), Image.Resampling.BICUBIC
     else:
@@ -363,6 +411,12 @@ def _centre_by_mass(box: np.ndarray) -> np.ndarray:
     return canvas
 
 
+def frame_digit(ink: np.ndarray) -> np.ndarray:
+    """Ink of one digit (any size, some of it above INK_THRESHOLD) framed as MNIST frames a digit:
+    its peak made 1, cropped to the ink, the longer side scaled to 20 px, centred by mass in 28x28."""
+    return _centre_by_mass(_fit_box(ink / float(ink.max())))
+
+
 def to_mnist(image: Image.Image) -> np.ndarray:
     """A 28x28 float32 array in [0, 1], white digit on black, as the models expect."""
     ink, white_on_black = _ink(image)
@@ -371,4 +425,4 @@ def to_mnist(image: Image.Image) -> np.ndarray:
         raise Blank("is blank: no digit found (every pixel has the background colour)")
     if white_on_black and ink.shape == (SIZE, SIZE):
         return ink
-    return _centre_by_mass(_fit_box(ink / peak))
+    return frame_digit(ink)

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from service import __version__, tracing
-from service.api import info, page, predict, repository, v2
+from service.api import info, page, predict, read, repository, v2
 from service.api.errors import register_error_handlers
 from service.config import Settings
 from service.handler import DigitClassifier
@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None, inference_socket: Path | None =
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(AccessLogMiddleware, metrics=app.state.metrics)
-    for router in (predict.router, info.router, v2.router, repository.router, page.router):
+    for router in (predict.router, read.router, info.router, v2.router, repository.router, page.router):
         app.include_router(router)
     _document_hand_parsed_bodies(app, [PredictJSONRequest, V2InferenceRequest])
     return app

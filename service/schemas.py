@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "BatchingInfo",
+    "DigitReading",
     "ErrorResponse",
     "HealthResponse",
     "ModelInfo",
@@ -13,6 +14,8 @@ __all__ = [
     "PredictJSONRequest",
     "PredictResponse",
     "Prediction",
+    "ReadResponse",
+    "Reading",
     "V2Error",
     "V2InferenceRequest",
     "V2InferenceResponse",
@@ -56,6 +59,44 @@ class Prediction(BaseModel):
 class PredictResponse(BaseModel):
     model: str
     predictions: list[Prediction]
+
+
+class DigitReading(BaseModel):
+    """One piece of a written number: a digit, or ink that is not one (a point, a comma, a dash, a sign)."""
+
+    label: int = Field(ge=0, le=9, description="the digit the model reads in this piece")
+    confidence: float = Field(ge=0, le=1, description="calibrated probability of that digit, as /predict gives it")
+    is_digit: bool = Field(
+        description="false when the piece does not look like a handwritten digit (the model's is_digit rule, as in /predict) "
+        "or is less than half as tall as the number's digits (a point, a comma, a dash); such pieces are left out of text"
+    )
+    box: list[int] = Field(
+        min_length=4,
+        max_length=4,
+        description="[x0, y0, x1, y1]: the piece's left, top, right and bottom edges in the uploaded image's pixels "
+        "(x1 and y1 exclusive), the image turned upright as its EXIF orientation says",
+    )
+
+
+class Reading(BaseModel):
+    """The number written on one image."""
+
+    text: str = Field(
+        pattern=r"^[0-9]*$",
+        description='the labels of the pieces with is_digit true, left to right; "" when the image holds no digit (a blank image)',
+    )
+    confidence: float = Field(
+        ge=0,
+        le=1,
+        description="how sure the model is of text: the product of its digits' confidences (1 for an empty text); "
+        "the pieces left out of text are in digits, with is_digit false",
+    )
+    digits: list[DigitReading] = Field(description="every piece of ink read, left to right, digits or not")
+
+
+class ReadResponse(BaseModel):
+    model: str
+    readings: list[Reading] = Field(description="one reading per image, in input order")
 
 
 class ErrorResponse(BaseModel):

@@ -20,7 +20,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 import digits_client.models
-from digits_client.models import ModelInfoResponse, PredictResponse
+from digits_client.models import ModelInfoResponse, PredictResponse, ReadResponse
 from service.app import create_app
 from service.config import Settings
 from tests.conftest import WEIGHTS
@@ -30,6 +30,7 @@ Schema = dict[str, Any]
 # The response each client model reads: (method, path) of the server's operation, status 200.
 READS: dict[type[BaseModel], tuple[str, str]] = {
     PredictResponse: ("post", "/predict"),
+    ReadResponse: ("post", "/read"),
     ModelInfoResponse: ("get", "/model-info"),
 }
 

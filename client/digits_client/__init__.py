@@ -1,7 +1,7 @@
 """A typed Python client for the handwritten digit recogniser, and the ``digits`` command line.
 
 ``Client`` (sync) and ``AsyncClient`` (async) turn paths, image bytes, PIL images and numpy
-arrays into the multipart request ``/predict`` expects, retry what is worth retrying (502,
+arrays into the multipart request ``/predict`` and ``/read`` expect, retry what is worth retrying (502,
 503 and 504 with their Retry-After, refused connections), and return pydantic models
 (``digits_client.models``). Errors form one hierarchy rooted at ``DigitsError``.
 
@@ -12,6 +12,7 @@ Pillow, nor anything of the server.
 
     with Client("http://localhost:8000") as digits:
         print(digits.predict("seven.png").predictions[0].label)
+        print(digits.read("cheque.jpg").readings[0].text)
 """
 
 from digits_client._version import __version__
@@ -25,13 +26,24 @@ from digits_client.errors import (
     DigitsTimeoutError,
 )
 from digits_client.images import ImageInput
-from digits_client.models import BatchingInfo, ModelInfo, ModelInfoResponse, Prediction, PredictResponse, WeightsInfo
+from digits_client.models import (
+    BatchingInfo,
+    DigitReading,
+    ModelInfo,
+    ModelInfoResponse,
+    Prediction,
+    PredictResponse,
+    Reading,
+    ReadResponse,
+    WeightsInfo,
+)
 
 __all__ = [
     "DEFAULT_URL",
     "AsyncClient",
     "BatchingInfo",
     "Client",
+    "DigitReading",
     "DigitsConnectionError",
     "DigitsError",
     "DigitsHTTPError",
@@ -43,6 +55,8 @@ __all__ = [
     "ModelInfoResponse",
     "PredictResponse",
     "Prediction",
+    "ReadResponse",
+    "Reading",
     "WeightsInfo",
     "__version__",
 ]

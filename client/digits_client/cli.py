@@ -1,9 +1,10 @@
-"""The ``digits`` command line: ``digits predict FILES|DIRS`` and ``digits info``.
+"""The ``digits`` command line: ``digits predict FILES|DIRS``, ``digits read FILES|DIRS`` and ``digits info``.
 
     digits predict digit.png scans/ --model resnet
+    digits read cheque.jpg postcodes/ --json
     digits info --json
 
-Exit status: 0 when everything was predicted, 1 on an error (its message on stderr, the
+Exit status: 0 when everything was predicted or read, 1 on an error (its message on stderr, the
 server's own for HTTP errors), 2 on bad usage, 130 when interrupted.
 """
 
@@ -22,7 +23,7 @@ from digits_client._version import __version__
 from digits_client.client import DEFAULT_URL, Client
 from digits_client.errors import DigitsError, DigitsInputError
 from digits_client.images import IMAGE_SUFFIXES
-from digits_client.models import Prediction
+from digits_client.models import Prediction, Reading
 
 __all__ = ["main"]
 
@@ -34,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version and usage errors: return their status instead of exiting
         return exc.code if isinstance(exc.code, int) else 2
     try:
-        return _predict(args) if args.command == "predict" else _info(args)
+        return {"predict": _predict, "read": _read, "info": _info}[args.command](args)
     except DigitsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -58,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--model", help="served model name (default: the server's default)")
     predict.add_argument("--batch-size", type=_positive_int, default=64, help="images per request (default: %(default)s)")
+    read = commands.add_parser("read", parents=[common], help="read the number written on each image (several digits)")
+    read.add_argument(
+        "inputs", nargs="+", metavar="FILE_OR_DIR", help="an image file, or a directory of images (png, jpg, bmp, gif, webp, tiff)"
+    )
+    read.add_argument("--model", help="served model name (default: the server's default)")
+    read.add_argument("--batch-size", type=_positive_int, default=16, help="images per request (default: %(default)s)")
     commands.add_parser("info", parents=[common], help="show the served models")
     return parser
 
@@ -156,6 +163,36 @@ def _progress(total: int, stream: TextIO, *, wanted: bool) -> Iterator[Callable[
     finally:
         stream.write("\r\033[K")  # clear the line: the table or JSON follows on stdout
         stream.flush()
+
+
+# digits read ---------------------------------------------------------------------------
+
+
+def _read(args: argparse.Namespace) -> int:
+    files, any_directory = _image_files(args.inputs)
+    results: list[tuple[Path, Reading]] = []
+    model = ""
+    progress = _progress(len(files), sys.stderr, wanted=any_directory or len(files) > args.batch_size)
+    with Client(args.url, api_key=args.api_key, timeout=args.timeout) as client, progress as advance:
+        for start in range(0, len(files), args.batch_size):
+            batch = files[start : start + args.batch_size]
+            response = client.read(batch, model=args.model)
+            model = response.model
+            results.extend(zip(batch, response.readings, strict=True))
+            advance(len(batch))
+    if args.json:
+        readings = [{"file": str(path), **reading.model_dump(mode="json")} for path, reading in results]
+        print(json.dumps({"model": model, "readings": readings}, indent=2))
+        return 0
+    rows = [(str(path), reading.text or "-", f"{100 * reading.confidence:.1f}%", _pieces(reading)) for path, reading in results]
+    print(_table(("file", "number", "confidence", "digits"), rows, right=frozenset({2})))
+    return 0
+
+
+def _pieces(reading: Reading) -> str:
+    """Each piece as its label and confidence; pieces that are no digit in brackets."""
+    shown = [f"{d.label} {100 * d.confidence:.0f}%" if d.is_digit else f"[{d.label}?]" for d in reading.digits]
+    return ", ".join(shown) or "no ink"
 
 
 # digits info ---------------------------------------------------------------------------

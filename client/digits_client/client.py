@@ -20,7 +20,7 @@ from digits_client._retry import Outcome, RetryPolicy
 from digits_client._version import __version__
 from digits_client.errors import DigitsResponseError
 from digits_client.images import ImageInput, Part, parts
-from digits_client.models import ModelInfoResponse, PredictResponse
+from digits_client.models import ModelInfoResponse, PredictResponse, ReadResponse
 
 __all__ = ["DEFAULT_URL", "AsyncClient", "Client"]
 
@@ -63,6 +63,18 @@ def _predict_response(response: httpx.Response, sent: int) -> PredictResponse:
     result = _read(PredictResponse, response)
     if len(result.predictions) != sent:
         raise DigitsResponseError(f"sent {sent} images but got {len(result.predictions)} predictions")
+    return result
+
+
+def _read_request(images: ImageInput | Sequence[ImageInput], model: str | None) -> tuple[list[Part], dict[str, str]]:
+    """The multipart parts and query of ``POST /read``."""
+    return parts(images), ({"model": model} if model is not None else {})
+
+
+def _read_response(response: httpx.Response, sent: int) -> ReadResponse:
+    result = _read(ReadResponse, response)
+    if len(result.readings) != sent:
+        raise DigitsResponseError(f"sent {sent} images but got {len(result.readings)} readings")
     return result
 
 
@@ -123,6 +135,16 @@ class Client:
         """
         files, params = _predict_request(images, model, include_input)
         return _predict_response(self._request("POST", "/predict", files=files, params=params), len(files))
+
+    def read(self, images: ImageInput | Sequence[ImageInput], model: str | None = None) -> ReadResponse:
+        """Read the number written on one image or on each of a list of them, in one request.
+
+        Each reading has the ``text`` read (left to right; "" for an image with no digit),
+        its confidence, and every piece of ink with its label and box in the image's pixels;
+        pieces that are no digit (``is_digit`` false) are left out of the text.
+        """
+        files, params = _read_request(images, model)
+        return _read_response(self._request("POST", "/read", files=files, params=params), len(files))
 
     def model_info(self) -> ModelInfoResponse:
         """What the server serves: models, weights, accuracy, batching settings."""
@@ -194,6 +216,11 @@ class AsyncClient:
         """Classify one image or a list of them in one request; see ``Client.predict``."""
         files, params = _predict_request(images, model, include_input)  # encoding is quick next to a forward pass: no thread hop
         return _predict_response(await self._request("POST", "/predict", files=files, params=params), len(files))
+
+    async def read(self, images: ImageInput | Sequence[ImageInput], model: str | None = None) -> ReadResponse:
+        """Read the number written on each image in one request; see ``Client.read``."""
+        files, params = _read_request(images, model)
+        return _read_response(await self._request("POST", "/read", files=files, params=params), len(files))
 
     async def model_info(self) -> ModelInfoResponse:
         """What the server serves: models, weights, accuracy, batching settings."""

@@ -1,4 +1,4 @@
-"""The server's answers as the client reads them: pydantic models of /predict and /model-info.
+"""The server's answers as the client reads them: pydantic models of /predict, /read and /model-info.
 
 These are the client's own models, written to be tolerant readers so that one client works
 against older and newer servers:
@@ -21,7 +21,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["BatchingInfo", "ModelInfo", "ModelInfoResponse", "PredictResponse", "Prediction", "WeightsInfo"]
+__all__ = [
+    "BatchingInfo",
+    "DigitReading",
+    "ModelInfo",
+    "ModelInfoResponse",
+    "PredictResponse",
+    "Prediction",
+    "ReadResponse",
+    "Reading",
+    "WeightsInfo",
+]
 
 
 class _Response(BaseModel):
@@ -50,6 +60,30 @@ class PredictResponse(_Response):
 
     model: str = Field(description="the served model that answered")
     predictions: list[Prediction]
+
+
+class DigitReading(_Response):
+    """One piece of a written number: a digit, or ink that is not one (``is_digit`` false)."""
+
+    label: int = Field(ge=0, le=9, description="the digit the model reads in this piece")
+    confidence: float = Field(ge=0, le=1, description="calibrated probability of that digit")
+    is_digit: bool = Field(description="false for a piece that is no digit (a point, a comma, a dash, a sign): left out of text")
+    box: list[int] = Field(min_length=4, max_length=4, description="[x0, y0, x1, y1] in the uploaded image's pixels (x1, y1 exclusive)")
+
+
+class Reading(_Response):
+    """The number written on one image."""
+
+    text: str = Field(description='the digits read, left to right; "" when the image holds none')
+    confidence: float = Field(ge=0, le=1, description="the product of the confidences of the digits in text (1 for an empty text)")
+    digits: list[DigitReading] = Field(description="every piece of ink read, left to right, digits or not")
+
+
+class ReadResponse(_Response):
+    """The answer to ``POST /read``: one reading per image, in input order."""
+
+    model: str = Field(description="the served model that answered")
+    readings: list[Reading]
 
 
 class WeightsInfo(_Response):
