@@ -128,7 +128,7 @@ Answer = tuple[int, bool]  # label (-1: refused), is_digit
 
 
 def predict(http: httpx.Client, model: str, parts: list[tuple[str, tuple[str, bytes, str]]]) -> list[Answer]:
-    """(label, is_digit) for a batch of parts; (-1, False) for an image the server refuses (e.g. read as blank)."""
+    """(label, is_digit) for a batch of parts; (-1, False) for an image the server refuses (bytes that do not decode)."""
     response = http.post("/predict", params={"model": model}, files=parts)
     if response.status_code == 200:
         return [(int(p["label"]), bool(p["is_digit"])) for p in response.json()["predictions"]]
