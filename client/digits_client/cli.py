@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from digits_client._version import __version__
 from digits_client.client import DEFAULT_URL, Client
@@ -79,18 +79,33 @@ def _positive_int(text: str) -> int:
 # digits predict ------------------------------------------------------------------------
 
 
-def _predict(args: argparse.Namespace) -> int:
+Answer = TypeVar("Answer")
+
+
+def _in_batches(
+    args: argparse.Namespace, ask: Callable[[Client, list[Path]], tuple[str, list[Answer]]]
+) -> tuple[str, list[tuple[Path, Answer]]]:
+    """The image files of ``args.inputs`` sent in batches of ``args.batch_size``: the model that
+    answered, and each file with its answer; a progress bar on stderr for long runs."""
     files, any_directory = _image_files(args.inputs)
-    results: list[tuple[Path, Prediction]] = []
+    results: list[tuple[Path, Answer]] = []
     model = ""
     progress = _progress(len(files), sys.stderr, wanted=any_directory or len(files) > args.batch_size)
     with Client(args.url, api_key=args.api_key, timeout=args.timeout) as client, progress as advance:
         for start in range(0, len(files), args.batch_size):
             batch = files[start : start + args.batch_size]
-            response = client.predict(batch, model=args.model)
-            model = response.model
-            results.extend(zip(batch, response.predictions, strict=True))
+            model, answers = ask(client, batch)
+            results.extend(zip(batch, answers, strict=True))
             advance(len(batch))
+    return model, results
+
+
+def _predict(args: argparse.Namespace) -> int:
+    def ask(client: Client, batch: list[Path]) -> tuple[str, list[Prediction]]:
+        response = client.predict(batch, model=args.model)
+        return response.model, response.predictions
+
+    model, results = _in_batches(args, ask)
     if args.json:
         print(json.dumps({"model": model, "predictions": [_prediction_json(path, p) for path, p in results]}, indent=2))
         return 0
@@ -169,17 +184,11 @@ def _progress(total: int, stream: TextIO, *, wanted: bool) -> Iterator[Callable[
 
 
 def _read(args: argparse.Namespace) -> int:
-    files, any_directory = _image_files(args.inputs)
-    results: list[tuple[Path, Reading]] = []
-    model = ""
-    progress = _progress(len(files), sys.stderr, wanted=any_directory or len(files) > args.batch_size)
-    with Client(args.url, api_key=args.api_key, timeout=args.timeout) as client, progress as advance:
-        for start in range(0, len(files), args.batch_size):
-            batch = files[start : start + args.batch_size]
-            response = client.read(batch, model=args.model)
-            model = response.model
-            results.extend(zip(batch, response.readings, strict=True))
-            advance(len(batch))
+    def ask(client: Client, batch: list[Path]) -> tuple[str, list[Reading]]:
+        response = client.read(batch, model=args.model)
+        return response.model, response.readings
+
+    model, results = _in_batches(args, ask)
     if args.json:
         readings = [{"file": str(path), **reading.model_dump(mode="json")} for path, reading in results]
         print(json.dumps({"model": model, "readings": readings}, indent=2))
