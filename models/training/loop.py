@@ -18,14 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
 from core.digit_rule import digit_score, fit_threshold, rejected_fraction
 from models.augment import ROBUSTNESS_VARIANTS, degrade_validation
 from models.checkpoint import sha256_file
-from models.data import AugmentedDigits, Digits, normalise
+from models.data import AugmentedBatches, AugmentedDigits, Digits, normalise
 from models.evaluate import predict
 from models.nondigits import VALIDATION_SEED, nondigit_pool
 from models.registry import build
@@ -97,33 +97,39 @@ def selection_key(selection: Selection, row: dict[str, Any]) -> tuple[float, flo
 
 @dataclass(frozen=True)
 class _Validation:
-    """What each epoch is measured on beyond the clean split: its fixed degradations, and non-digits."""
+    """What each epoch is measured on beyond the clean split: its fixed degradations, digits drawn
+    by the stroke synthesiser in every style, and non-digits."""
 
     degraded: dict[str, Digits]
+    strokes: Digits
     nondigits: Digits
 
 
 def _validation_sets(val: Digits, nondigit_images: int) -> _Validation:
     degraded = {variant: Digits(degrade_validation(val.images, variant), val.labels) for variant in ROBUSTNESS_VARIANTS}
+    drawn = StrokeDigits(nondigit_images // 2, VALIDATION_SEED)
+    strokes = Digits(torch.stack([drawn[i][0] for i in range(len(drawn))]), torch.arange(len(drawn)) % 10)
     pool = torch.from_numpy(nondigit_pool(nondigit_images, VALIDATION_SEED, val.images.numpy()))
-    return _Validation(degraded, Digits(pool, torch.zeros(len(pool), dtype=torch.long)))
+    return _Validation(degraded, strokes, Digits(pool, torch.zeros(len(pool), dtype=torch.long)))
 
 
 def _measure(model: nn.Module, val: Digits, sets: _Validation | None) -> dict[str, Any]:
-    """Validation loss and accuracy; with ``sets``, the degraded accuracy and the share of the
-    validation non-digits rejected at the threshold that rejects 0.5% of the validation digits
-    (softmax max probability, T = 1)."""
+    """Validation loss and accuracy; with ``sets``, the degraded and the synthesised digits' accuracy,
+    their "mixed" mean with the clean accuracy, and the share of the validation non-digits rejected at
+    the threshold that rejects 0.5% of the validation digits (softmax max probability, T = 1)."""
     val_logits = predict(model, val)
     val_accuracy = float((val_logits.argmax(1) == val.labels).double().mean())
     measured: dict[str, Any] = {"val_loss": float(F.cross_entropy(val_logits, val.labels)), "val_accuracy": val_accuracy}
     if sets is None:
         return measured
     degraded = {variant: accuracy(model, digits) for variant, digits in sets.degraded.items()}
+    strokes = accuracy(model, sets.strokes)
     threshold = fit_threshold(digit_score(torch.softmax(val_logits, 1).numpy()))
     nondigit_scores = digit_score(torch.softmax(predict(model, sets.nondigits), 1).numpy())
     return measured | {
         "val_degraded_accuracy": degraded,
-        "val_mixed_accuracy": (val_accuracy + sum(degraded.values()) / len(degraded)) / 2,
+        "val_strokes_accuracy": strokes,
+        "val_mixed_accuracy": (val_accuracy + sum(degraded.values()) / len(degraded) + strokes) / 3,
         "val_nondigits_rejected": rejected_fraction(nondigit_scores, threshold),
     }
 
@@ -145,21 +151,22 @@ def _initial_net(recipe: Recipe, init: dict[str, torch.Tensor] | None) -> nn.Mod
 def _loaders(recipe: Recipe, train: Digits, workers: int, batch_size: int) -> tuple[Loader, Loader]:
     """Augmented (the distortion, then the degradations that have a probability) and clean batches of MNIST."""
     generator = torch.Generator().manual_seed(recipe.optimisation.seed)
-    distortion = recipe.augmentation.transform()
-    transform = v2.Compose([distortion, recipe.degradations]) if recipe.degradations.active else distortion
+    distortion = recipe.augmentation
+    degradations = recipe.degradations if recipe.degradations.active else None
 
-    def loader(transform: Callable[[torch.Tensor], torch.Tensor] | None) -> Loader:
-        return DataLoader(
-            AugmentedDigits(train, transform),
-            batch_size=batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            generator=generator,
-        )
+    def loader(dataset: Dataset[tuple[torch.Tensor, torch.Tensor]], batched: bool = False) -> Loader:
+        common: dict[str, Any] = {"num_workers": workers, "persistent_workers": workers > 0}
+        if batched:  # the dataset builds each batch from a list of indices
+            sampler = BatchSampler(RandomSampler(range(len(train)), generator=generator), batch_size, drop_last=True)
+            return DataLoader(dataset, sampler=sampler, batch_size=None, **common)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator, **common)
 
-    return loader(transform), loader(None)
+    if distortion.mode == "batched":
+        augmented = loader(AugmentedBatches(train, distortion, degradations), batched=True)
+    else:
+        transform = v2.Compose([distortion.transform(), degradations]) if degradations else distortion.transform()
+        augmented = loader(AugmentedDigits(train, transform))
+    return augmented, loader(AugmentedDigits(train, None))
 
 
 def _stroke_batches(recipe: Recipe, per_batch: int, steps: int, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -239,7 +246,8 @@ def fit(recipe: Recipe, train: Digits, val: Digits, workers: int, init: dict[str
 
 def _print_epoch(arch: str, row: dict[str, Any], best: bool) -> None:
     extra = (
-        f" | mixed {100 * row['val_mixed_accuracy']:.2f}% non-digits rejected {100 * row['val_nondigits_rejected']:.1f}%"
+        f" | strokes {100 * row['val_strokes_accuracy']:.2f}% mixed {100 * row['val_mixed_accuracy']:.2f}%"
+        f" non-digits rejected {100 * row['val_nondigits_rejected']:.1f}%"
         if "val_mixed_accuracy" in row
         else ""
     )
