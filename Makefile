@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= ../shared/data
 
-.PHONY: serve test lint typecheck train evaluate docker-test clean
+.PHONY: serve test lint typecheck train evaluate docker-test clean triton-venv
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,11 +45,20 @@ $(WRK):
 test: $(BIN)/.installed-dev $(CHROMIUM) $(WRK) lint typecheck
 	DIGITS_TEST_DATA_DIR=$(DATA_DIR) DIGITS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest
 
-# resnet's recipe fine-tunes weights/resnet.pt of commit 61ac548 (the recipe holds its sha256 and refuses another file).
+# Both recipes train from a fresh initialisation; these are the commands recorded in weights/*.json.
 train: $(BIN)/.installed-dev
-	mkdir -p build && git show 61ac548:weights/resnet.pt > build/resnet-init.pt
-	$(BIN)/python -m models.train --arch resnet --init build/resnet-init.pt --data-dir $(DATA_DIR) --no-download
-	$(BIN)/python -m models.train --arch inception --data-dir $(DATA_DIR) --no-download
+	$(BIN)/python -m models.train --arch resnet --data-dir $(DATA_DIR) --no-download --threads 1 --workers 2
+	$(BIN)/python -m models.train --arch inception --data-dir $(DATA_DIR) --no-download --threads 1
+
+# bench.peer's Triton: PyTriton in a venv on the distribution's python3.11 (its stub links that
+# libpython), with this project's venv on its path for torch and the service's code.
+TRITON_VENV := build/triton-venv
+triton-venv: $(TRITON_VENV)/bin/pytriton-ready
+$(TRITON_VENV)/bin/pytriton-ready: $(BIN)/.installed-dev
+	/usr/bin/python3.11 -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet 'nvidia-pytriton>=0.7,<0.8'
+	echo "$(abspath $(VENV))/lib/python3.11/site-packages" > $(TRITON_VENV)/lib/python3.11/site-packages/project-venv.pth
+	touch $@
 
 evaluate: $(BIN)/.installed-dev
 	$(BIN)/python -m models.evaluate --data-dir $(DATA_DIR) --no-download

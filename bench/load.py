@@ -24,6 +24,7 @@ By hand, against a server you started yourself::
 
 import argparse
 import base64
+import io
 import json
 import resource
 import shutil
@@ -37,9 +38,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["BodyKind", "Job", "LoadGenerator", "build_bodies", "read_payloads", "write_payloads"]
+import numpy as np
+from PIL import Image
 
-BodyKind = Literal["multipart", "json", "none"]
+__all__ = ["BodyKind", "Job", "LoadGenerator", "build_bodies", "read_payloads", "v2_infer_body", "write_payloads"]
+
+BodyKind = Literal["multipart", "json", "v2", "none"]
 Body = tuple[bytes, str]  # content, content type ("" without a body)
 
 WRK_SCRIPT = Path(__file__).resolve().with_name("wrk.lua")
@@ -87,6 +91,14 @@ def _json(pngs: Sequence[bytes]) -> Body:
     return json.dumps(payload).encode(), "application/json"
 
 
+def v2_infer_body(pngs: Sequence[bytes]) -> Body:
+    """The Open Inference Protocol's JSON request: the images as one FP32 [N, 1, 28, 28] tensor ``input`` of
+    intensities in [0, 1], and only ``probabilities`` asked for (the output every V2 peer has)."""
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float32) / 255.0 for png in pngs])
+    tensor = {"name": "input", "shape": [len(pngs), 1, 28, 28], "datatype": "FP32", "data": pixels.reshape(-1).tolist()}
+    return json.dumps({"inputs": [tensor], "outputs": [{"name": "probabilities"}]}).encode(), "application/json"
+
+
 def build_bodies(pngs: Sequence[bytes], kind: BodyKind, per_request: int) -> list[Body]:
     """Distinct request bodies of ``per_request`` images each, cycling through ``pngs``."""
     if kind == "none":
@@ -97,7 +109,7 @@ def build_bodies(pngs: Sequence[bytes], kind: BodyKind, per_request: int) -> lis
     for k in range(max(1, len(pngs) // per_request)):
         first = k * per_request
         chunk = [pngs[(first + j) % len(pngs)] for j in range(per_request)]
-        bodies.append(_multipart(chunk, first) if kind == "multipart" else _json(chunk))
+        bodies.append(_multipart(chunk, first) if kind == "multipart" else v2_infer_body(chunk) if kind == "v2" else _json(chunk))
     return bodies
 
 

@@ -31,6 +31,7 @@ RSS_MAX_MB = 600.0
 RSS_GROWTH_MAX_PCT = 5.0
 PEER_CONCURRENCY = 32
 PEER_MIN_RATIO = 2.5  # bench.peer: our images/s vs LitServe's at c32
+TRITON_MIN_RATIO = 1.2  # bench.peer: our images/s vs Triton's at c32, the same V2 JSON body
 SPEEDUP_MODELS = ("inception", "ensemble")
 NO_BATCHING = "no-batching"
 

@@ -33,9 +33,10 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
 from core.preprocess import to_mnist
+from models.data import Digits
 from models.stroke_glyphs import VARIANTS, Stroke, Variant
 
-__all__ = ["MARKER_P", "STRETCHED_P", "StrokeDigits", "render", "synthesise", "variants_of"]
+__all__ = ["MARKER_P", "STRETCHED_P", "StrokeDigits", "drawn_digits", "render", "synthesise", "variants_of"]
 
 STRETCHED_P = 0.06  # share of synthesised digits stretched to fill a square box
 MARKER_P = 0.08  # share drawn with a thick marker
@@ -187,6 +188,12 @@ class StrokeDigits(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             raise IndexError(f"index {index} out of range for {self.length} synthesised digits")
         image, label = synthesise(self.seed, self.offset + index)
         return torch.from_numpy(image).unsqueeze(0), torch.tensor(label, dtype=torch.long)
+
+
+def drawn_digits(count: int, seed: int) -> Digits:
+    """Items 0 .. ``count`` - 1 of the pool ``seed`` as uint8 digits (a fixed set to measure on)."""
+    images = np.stack([synthesise(seed, index)[0] for index in range(count)])
+    return Digits(torch.from_numpy(np.rint(images * 255).astype(np.uint8)), torch.arange(count) % 10)
 
 
 def main(argv: list[str] | None = None) -> int:

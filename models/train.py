@@ -1,7 +1,7 @@
 """Offline training: one architecture per run, its epoch chosen on the validation split.
 
-    python -m models.train --arch inception --data-dir ../shared/data --no-download
-    python -m models.train --arch resnet --init build/resnet-init.pt --data-dir ../shared/data --no-download
+    python -m models.train --arch resnet --data-dir ../shared/data --no-download --threads 1 --workers 2
+    python -m models.train --arch inception --data-dir ../shared/data --no-download --threads 1
 
 With no recipe flags a run trains the architecture's default recipe, the one its committed
 checkpoint was trained with; each recipe flag below replaces one hyperparameter of it. Writes
@@ -15,9 +15,9 @@ The epoch, every temperature and every is_digit threshold are chosen on the 5,00
 images held out of the 60k training images (and on synthetic non-digits); the 10k test set is
 measured only for the checkpoint written, into its metadata.
 
-A recipe that fine-tunes names its starting checkpoint by sha256 (--init-sha256): --init FILE
-must be that file. The resnet recipe fine-tunes from weights/resnet.pt of commit 61ac548
-(make train extracts it).
+Both committed recipes train from a fresh initialisation. A recipe that fine-tunes names its
+starting checkpoint by sha256 (--init-sha256): --init FILE must be that file. At a given
+--threads and --workers a run is reproducible bit for bit.
 """
 
 import argparse

@@ -1,7 +1,9 @@
-"""The per-sample degradations: uint8 1 x 28 x 28 in and out, each changing what it should."""
+"""The per-sample degradations (uint8 1 x 28 x 28 in and out, each changing what it should) and the
+batched distortion."""
 
 import pytest
 import torch
+from torchvision.transforms import v2
 
 from models.augment import (
     ROBUSTNESS_VARIANTS,
@@ -14,6 +16,7 @@ from models.augment import (
     degrade_validation,
     lose_resolution,
 )
+from models.data import Distortion
 
 
 @pytest.fixture
@@ -105,3 +108,39 @@ def test_validation_degradation_is_deterministic(digit: torch.Tensor, variant: s
     first, second = degrade_validation(batch, variant), degrade_validation(batch, variant)
     assert first.shape == (3, 28, 28) and first.dtype == torch.uint8
     assert torch.equal(first, second) and not torch.equal(first, batch)
+
+
+def _batch(digit: torch.Tensor, n: int) -> torch.Tensor:
+    return digit.unsqueeze(0).repeat(n, 1, 1, 1)  # N x 1 x 28 x 28
+
+
+def test_a_batched_distortion_with_empty_ranges_changes_nothing(digit: torch.Tensor) -> None:
+    still = Distortion(degrees=0.0, translate=0.0, scale=(1.0, 1.0), shear=0.0, elastic_p=0.0, mode="batched")
+    assert torch.equal(still.distort_batch(_batch(digit, 4)), _batch(digit, 4))
+
+
+def test_a_batched_distortion_draws_each_image_its_own_and_keeps_the_ink(digit: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    distorted = Distortion(mode="batched").distort_batch(_batch(digit, 16))
+    assert distorted.shape == (16, 1, 28, 28) and distorted.dtype == torch.uint8
+    assert len({image.numpy().tobytes() for image in distorted}) == 16
+    ink = distorted.float().sum((1, 2, 3)) / digit.float().sum()
+    assert bool(((ink > 0.6) & (ink < 1.5)).all())  # zoom 0.85-1.15 scales the area by 0.72-1.32
+
+
+def test_a_batched_distortion_is_reproducible_from_the_global_seed(digit: torch.Tensor) -> None:
+    distortion = Distortion(mode="batched")
+    torch.manual_seed(3)
+    first = distortion.distort_batch(_batch(digit, 8))
+    torch.manual_seed(3)
+    assert torch.equal(distortion.distort_batch(_batch(digit, 8)), first)
+
+
+def test_the_batched_elastic_field_is_as_strong_as_torchvisions() -> None:
+    """Displacements, in pixels, of torchvision's ElasticTransform and of the batched field, alpha 34 and sigma 4."""
+    torch.manual_seed(0)
+    ramp = torch.arange(28.0).repeat(28, 1)[None]  # each pixel holds its x coordinate
+    elastic = v2.ElasticTransform(alpha=34.0, sigma=4.0)
+    theirs = torch.stack([elastic(ramp) - ramp for _ in range(200)])[..., 6:22, 6:22].std()
+    ours = (Distortion(mode="batched")._elastic_field(200, 28, 28)[..., 0] * 14)[:, 6:22, 6:22].std()
+    assert 0.8 < float(ours / theirs) < 1.25

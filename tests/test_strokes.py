@@ -91,14 +91,15 @@ def test_normalise_reads_float_intensities_as_uint8_ones() -> None:
     assert torch.allclose(normalise(levels), normalise(levels.float() / 255.0))
 
 
-def test_the_recipe_flag_exists_exactly_once_and_defaults_to_no_strokes() -> None:
+def test_the_recipe_flag_exists_exactly_once_and_the_committed_nets_record_their_share() -> None:
     parser = train.build_parser()
     options = [option for action in parser._actions for option in action.option_strings]
     assert options.count("--strokes-fraction") == 1
     assert parser.format_help().count("--strokes-fraction") == 1
-    assert all(recipe.data.strokes_fraction == 0.0 for recipe in DEFAULT_RECIPES.values())
-    for arch in DEFAULT_RECIPES:
-        assert json.loads((ROOT / "weights" / f"{arch}.json").read_text())["recipe"]["data"]["strokes_fraction"] == 0.0
+    for arch, recipe in DEFAULT_RECIPES.items():
+        recorded = json.loads((ROOT / "weights" / f"{arch}.json").read_text())["recipe"]["data"]["strokes_fraction"]
+        assert recorded == recipe.data.strokes_fraction
+    assert DEFAULT_RECIPES["resnet"].data.strokes_fraction > 0
 
 
 def test_a_training_run_mixes_synthesised_digits_into_every_batch(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,7 +119,8 @@ def test_a_training_run_mixes_synthesised_digits_into_every_batch(data_dir: Path
     monkeypatch.setattr(StrokeDigits, "__getitem__", recording)
     monkeypatch.setattr(AugmentedDigits, "__getitem__", counting)
     argv = ["--arch", "resnet", "--epochs", "2", "--train-limit", "640", "--batch-size", "64", "--workers", "0"]
-    argv += ["--init-sha256", "none", "--strokes-fraction", "0.5", "--data-dir", str(data_dir), "--no-download", "--out", str(tmp_path)]
+    argv += ["--init-sha256", "none", "--strokes-fraction", "0.5", "--mode", "per_image"]
+    argv += ["--data-dir", str(data_dir), "--no-download", "--out", str(tmp_path)]
     assert train.main(argv) == 0
     # Each batch of 64: 32 MNIST images and 32 synthesised digits, so 20 steps per pass over the 640 images.
     assert mnist_items == 2 * 640

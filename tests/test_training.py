@@ -6,6 +6,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from core.digit_rule import TEMPERATURES
 from models import evaluate, train
 from models.checkpoint import CheckpointError, load_classifier, sha256_file
-from models.data import AugmentedDigits
+from models.data import AugmentedBatches, AugmentedDigits
 from models.registry import ARCHITECTURES
 from models.training.loop import outlier_loss
 from models.training.recipe import DEFAULT_RECIPES, Recipe, add_recipe_flags, recipe_from_flags
@@ -81,23 +82,29 @@ def test_evaluate_accepts_intact_weights_and_rejects_tampered_ones(trained: Path
     assert "resnet.pt has sha256" in result.stderr
 
 
+@pytest.mark.parametrize("mode", ["per_image", "batched"])
 def test_the_last_clean_epochs_see_unaugmented_images(
-    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], mode: str
 ) -> None:
     augmented_items: list[bool] = []
-    getitem = AugmentedDigits.__getitem__
+    getitem, batch_getitem = AugmentedDigits.__getitem__, AugmentedBatches.__getitem__
 
     def recording_getitem(self: AugmentedDigits, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         augmented_items.append(self.transform is not None)
         return getitem(self, index)
 
+    def recording_batch(self: AugmentedBatches, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        augmented_items.extend([True] * len(indices))
+        return batch_getitem(self, indices)
+
     monkeypatch.setattr(AugmentedDigits, "__getitem__", recording_getitem)
+    monkeypatch.setattr(AugmentedBatches, "__getitem__", recording_batch)
     argv = ["--arch", "resnet", "--epochs", "3", "--clean-epochs", "1", "--train-limit", "128", "--batch-size", "64", "--workers", "0"]
-    argv += ["--init-sha256", "none"]
+    argv += ["--init-sha256", "none", "--strokes-fraction", "0", "--mode", mode]
     assert train.main([*argv, "--data-dir", str(data_dir), "--no-download", "--out", str(tmp_path)]) == 0
     assert augmented_items == [True] * 256 + [False] * 128  # 128 images per epoch
     meta = json.loads((tmp_path / "resnet.json").read_text())
-    assert meta["recipe"]["schedule"]["clean_epochs"] == 1
+    assert meta["recipe"]["schedule"]["clean_epochs"] == 1 and meta["recipe"]["augmentation"]["mode"] == mode
     printed = capsys.readouterr().out.replace(str(tmp_path), "OUT")
     assert f"val {100 * meta['metrics']['val_accuracy']:.2f}%" in printed
     assert "test" not in printed.lower()  # the test figures go into the metadata only
@@ -116,7 +123,7 @@ def test_fine_tuning_records_its_init_and_fits_is_digit(trained: Path, data_dir:
     assert recipe["selection"]["rule"] == "mixed" and recipe["outliers"]["weight"] == 0.5
     assert recipe["degradations"]["thumbnail_p"] == 0.5
     assert meta["command"].startswith("python -m models.train --arch resnet") and str(init) in meta["command"]
-    assert set(meta["history"][0]) >= {"val_degraded_accuracy", "val_mixed_accuracy", "val_nondigits_rejected"}
+    assert set(meta["history"][0]) >= {"val_degraded_accuracy", "val_strokes_accuracy", "val_mixed_accuracy", "val_nondigits_rejected"}
     block = meta["is_digit"]
     assert block["score"] in {"max_probability", "one_minus_normalised_entropy"} and 0 < block["threshold"] <= 1
     assert block["temperature"] in TEMPERATURES

@@ -29,8 +29,8 @@ from models.data import AugmentedBatches, AugmentedDigits, Digits, normalise
 from models.evaluate import predict
 from models.nondigits import VALIDATION_SEED, nondigit_pool
 from models.registry import build
-from models.strokes import StrokeDigits
-from models.training.recipe import Init, Recipe, Selection
+from models.strokes import StrokeDigits, drawn_digits
+from models.training.recipe import Data, Init, Recipe, Selection
 
 __all__ = ["Fitted", "accuracy", "fit", "load_init", "outlier_loss", "selection_key"]
 
@@ -105,11 +105,10 @@ class _Validation:
     nondigits: Digits
 
 
-def _validation_sets(val: Digits, nondigit_images: int) -> _Validation:
+def _validation_sets(val: Digits, data: Data) -> _Validation:
     degraded = {variant: Digits(degrade_validation(val.images, variant), val.labels) for variant in ROBUSTNESS_VARIANTS}
-    drawn = StrokeDigits(nondigit_images // 2, VALIDATION_SEED)
-    strokes = Digits(torch.stack([drawn[i][0] for i in range(len(drawn))]), torch.arange(len(drawn)) % 10)
-    pool = torch.from_numpy(nondigit_pool(nondigit_images, VALIDATION_SEED, val.images.numpy()))
+    strokes = drawn_digits(data.drawn_validation_digits, VALIDATION_SEED)
+    pool = torch.from_numpy(nondigit_pool(data.non_digits, VALIDATION_SEED, val.images.numpy()))
     return _Validation(degraded, strokes, Digits(pool, torch.zeros(len(pool), dtype=torch.long)))
 
 
@@ -192,7 +191,7 @@ def fit(recipe: Recipe, train: Digits, val: Digits, workers: int, init: dict[str
     augmented, clean = _loaders(recipe, train, workers, batch_size - n_strokes)
     strokes = _stroke_batches(recipe, n_strokes, len(augmented), workers)
     n_outliers = recipe.outliers.per_batch(batch_size)
-    sets = _validation_sets(val, recipe.data.non_digits) if n_outliers or recipe.selection.rule != "val_accuracy" else None
+    sets = _validation_sets(val, recipe.data) if n_outliers or recipe.selection.rule != "val_accuracy" else None
     epochs = recipe.schedule.epochs
     optimiser = torch.optim.AdamW(net.parameters(), lr=recipe.schedule.lr, weight_decay=recipe.optimisation.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(

@@ -69,6 +69,11 @@ class Data:
         """Images per non-digit pool: smoke runs (a --train-limit subset) measure on fewer."""
         return SMOKE_NON_DIGITS if self.train_limit else NON_DIGITS
 
+    @property
+    def drawn_validation_digits(self) -> int:
+        """Synthesised digits (models.strokes, seed VALIDATION_SEED) that validation measures and is_digit must pass."""
+        return self.non_digits // 2
+
 
 @dataclass(frozen=True)
 class Schedule:

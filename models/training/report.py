@@ -30,13 +30,17 @@ from models.evaluate import classification_report, predict
 from models.nondigits import EVALUATION_SEED, VALIDATION_SEED, nondigit_pool
 from models.plots import plot_confusion, plot_learning_curves
 from models.registry import ARCHITECTURES, ENSEMBLE
+from models.strokes import drawn_digits
 from models.training.loop import Fitted
 from models.training.recipe import Data, Recipe
 
 __all__ = ["calibrate_ensemble", "calibration_report", "is_digit_report", "refit_is_digit", "write_checkpoint"]
 
+MAX_DRAWN_REJECTED = 0.01  # of the synthesised validation digits, every style: the target for real digits
+
 IS_DIGIT_METHOD = (
-    "the largest threshold on the digit score that rejects at most 0.5% of the 5,000 validation digits; the score "
+    "the largest threshold on the digit score that rejects at most 0.5% of the 5,000 validation digits and at most "
+    "1% of 2,500 synthesised validation digits in every style (models.strokes, seed 1000000); the score "
     "(max probability or 1 - normalised entropy of the calibrated probabilities softened by a temperature of "
     "1, 1.5, 2 or 3) is the pair that rejects the most validation non-digits (models.nondigits, seed 1000000) "
     "at its threshold"
@@ -47,32 +51,43 @@ def _unlabelled(images: np.ndarray) -> Digits:
     return Digits(torch.from_numpy(images), torch.zeros(len(images), dtype=torch.long))
 
 
-def is_digit_report(model: nn.Module, val: Digits, test: Digits, non_digits: int) -> dict[str, Any]:
+def is_digit_report(model: nn.Module, val: Digits, test: Digits, data: Data) -> dict[str, Any]:
     """Fit the is_digit threshold of a calibrated model on validation data; report test rates.
 
-    Everything that is chosen (score and threshold) is chosen on the validation digits and the
-    validation non-digit pool; the test digits and the evaluation-seed pool are only measured.
+    Everything that is chosen (score and threshold) is chosen on the validation digits, the
+    synthesised validation digits and the validation non-digit pool; the test digits and the
+    evaluation-seed pools are only measured. A threshold may reject at most 0.5% of the MNIST
+    validation digits and at most 1% of the synthesised ones (every style must pass).
     """
     pools = {
-        "val": nondigit_pool(non_digits, VALIDATION_SEED, val.images.numpy()),
-        "test": nondigit_pool(non_digits, EVALUATION_SEED, test.images.numpy()),
+        "val": nondigit_pool(data.non_digits, VALIDATION_SEED, val.images.numpy()),
+        "test": nondigit_pool(data.non_digits, EVALUATION_SEED, test.images.numpy()),
+    }
+    drawn = {
+        split: drawn_digits(data.drawn_validation_digits, seed) for split, seed in (("val", VALIDATION_SEED), ("test", EVALUATION_SEED))
     }
     probs = {
-        "val": (predict(model, val).numpy(), predict(model, _unlabelled(pools["val"])).numpy()),
-        "test": (predict(model, test).numpy(), predict(model, _unlabelled(pools["test"])).numpy()),
+        split: (predict(model, digits).numpy(), predict(model, drawn[split]).numpy(), predict(model, _unlabelled(pools[split])).numpy())
+        for split, digits in (("val", val), ("test", test))
     }
-    val_digits, val_nondigits = probs["val"]
+    val_digits, val_drawn, val_nondigits = probs["val"]
     candidates = list(itertools.product(SCORES, TEMPERATURES))
-    fitted = {(score, t): fit_threshold(digit_score(val_digits, score, t)) for score, t in candidates}
+    fitted = {
+        (score, t): min(
+            fit_threshold(digit_score(val_digits, score, t)), fit_threshold(digit_score(val_drawn, score, t), MAX_DRAWN_REJECTED)
+        )
+        for score, t in candidates
+    }
     rejected = {(score, t): rejected_fraction(digit_score(val_nondigits, score, t), fitted[score, t]) for score, t in candidates}
     # Ties go to the smaller temperature, then to the max probability: the plainer score.
     score, temperature = max(candidates, key=lambda c: (rejected[c], -c[1], c[0] == "max_probability"))
     threshold = fitted[score, temperature]
 
     def rates(split: str) -> dict[str, float]:
-        digits, nondigits = probs[split]
+        digits, drawn, nondigits = probs[split]
         return {
             "digits_rejected": rejected_fraction(digit_score(digits, score, temperature), threshold),
+            "drawn_digits_rejected": rejected_fraction(digit_score(drawn, score, temperature), threshold),
             "non_digits_rejected": rejected_fraction(digit_score(nondigits, score, temperature), threshold),
         }
 
@@ -82,7 +97,12 @@ def is_digit_report(model: nn.Module, val: Digits, test: Digits, non_digits: int
         "score": score,
         "temperature": temperature,
         "threshold": threshold,
-        "validation": {**rates("val"), "non_digit_images": len(pools["val"]), "digit_images": len(val)},
+        "validation": {
+            **rates("val"),
+            "non_digit_images": len(pools["val"]),
+            "digit_images": len(val),
+            "drawn_digit_images": len(drawn["val"]),
+        },
         "validation_non_digits_rejected_by_candidate": {f"{name} at temperature {t:g}": rate for (name, t), rate in rejected.items()},
         "test": {**rates("test"), "non_digit_images": len(pools["test"]), "digit_images": len(test), "non_digit_seed": EVALUATION_SEED},
     }
@@ -133,13 +153,13 @@ def _splits(data: Data, data_dir: Path, download: bool) -> tuple[Digits, Digits]
     return val, load_mnist(data_dir, train=False, download=download)
 
 
-def _members_data(members: Mapping[str, tuple[nn.Module, dict[str, Any]]]) -> tuple[Data, int]:
-    """The validation split the ensemble's members share, and the size of the non-digit pools for them."""
+def _members_data(members: Mapping[str, tuple[nn.Module, dict[str, Any]]]) -> Data:
+    """The validation split the ensemble's members share, with the smallest validation pools of any member."""
     data = [Recipe.from_json(meta["recipe"]).data for _, meta in members.values()]
     splits = {(d.split_seed, d.val_size) for d in data}
     if len(splits) != 1:
         raise SystemExit(f"ensemble not calibrated: the members used different validation splits {sorted(splits)}")
-    return data[0], min(d.non_digits for d in data)
+    return min(data, key=lambda d: d.non_digits)
 
 
 def _summary(name: str, val_accuracy: float, calibration: dict[str, Any], written: Path) -> None:
@@ -180,7 +200,7 @@ def write_checkpoint(
         "threads": torch.get_num_threads(),
         "environment": _environment(),
         "command": command,
-        "is_digit": is_digit_report(calibrated, val, test, recipe.data.non_digits),
+        "is_digit": is_digit_report(calibrated, val, test, recipe.data),
         "history": fitted.history,
     }
     _write_json(metadata_path(out, arch), metadata)
@@ -193,7 +213,7 @@ def write_checkpoint(
 def calibrate_ensemble(out: Path, data_dir: Path, download: bool) -> None:
     """Fit the ensemble's temperature on the members' shared validation split; write its metadata."""
     members = {name: load_classifier(out, name) for name in ARCHITECTURES}
-    data, non_digits = _members_data(members)
+    data = _members_data(members)
     val, test = _splits(data, data_dir, download)
     raw = Ensemble([model for model, _ in members.values()])
     val_probs, test_probs = predict(raw.mean_probabilities, val), predict(raw.mean_probabilities, test)
@@ -212,7 +232,7 @@ def calibrate_ensemble(out: Path, data_dir: Path, download: bool) -> None:
             "input_shape": [1, 28, 28],
             "metrics": _metrics(report, val_accuracy),
             "calibration": calibration,
-            "is_digit": is_digit_report(calibrated, val, test, non_digits),
+            "is_digit": is_digit_report(calibrated, val, test, data),
             "environment": _environment(),
         },
     )
@@ -227,12 +247,11 @@ def refit_is_digit(out: Path, name: str, data_dir: Path, download: bool) -> None
     if name == ENSEMBLE:
         members = {arch: load_classifier(out, arch) for arch in ARCHITECTURES}
         model, _ = load_ensemble(out, {n: m for n, (m, _) in members.items()}, {n: m["sha256"] for n, (_, m) in members.items()})
-        data, non_digits = _members_data(members)
+        data = _members_data(members)
     else:
         model, _ = load_classifier(out, name)
         data = Recipe.from_json(meta["recipe"]).data
-        non_digits = data.non_digits
     val, test = _splits(data, data_dir, download)
-    meta["is_digit"] = is_digit_report(model, val, test, non_digits)
+    meta["is_digit"] = is_digit_report(model, val, test, data)
     _write_json(metadata_path(out, name), meta)
     print(f"{name}: is_digit {json.dumps({k: meta['is_digit'][k] for k in ('score', 'temperature', 'threshold', 'validation')})}")
