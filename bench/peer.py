@@ -249,9 +249,9 @@ def _contenders(peer: str, model: str, args: argparse.Namespace, raw_dir: Path) 
         raise SystemExit(f"no PyTriton interpreter at {args.triton_python}: run `make triton-venv`, or pass --triton-python")
     delay = ("--triton-queue-delay-us", str(args.triton_queue_delay_us))
     triton_args = ("bench.peer", "--serve-triton", model, "--workers", str(args.workers), *delay)
-    triton = ServerProcess(
-        "triton", {}, raw_dir, args.weights_dir, python=str(args.triton_python), module_args=triton_args, ready_path=f"/v2/models/{model}/ready"
-    )
+    ready = f"/v2/models/{model}/ready"  # the server is ready before PyTriton has bound the model
+    python = str(args.triton_python)
+    triton = ServerProcess("triton", {}, raw_dir, args.weights_dir, python=python, module_args=triton_args, ready_path=ready)
     path = f"/v2/models/{model}/infer"
     return "v2", [(ours, path), (triton, path)]
 

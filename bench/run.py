@@ -92,7 +92,7 @@ def _default_workers() -> list[int]:
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a smoke run for CI (~1 s per load run, 500-request soak)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run for CI (load runs end after a count of answers, 500-request soak)")
     parser.add_argument("--models", nargs="+", choices=SERVED_MODELS, default=list(SERVED_MODELS))
     parser.add_argument(
         "--bodies", nargs="+", choices=["multipart", "json"], default=["multipart", "json"], help="single-image body encodings"
@@ -295,7 +295,10 @@ class Bench:
         for model in self.plan.models:
             for body in self.plan.bodies:
                 for concurrency in self.plan.concurrency:
-                    self.runs.append(self.load(server, workers, kind="single", model=model, body=body, concurrency=concurrency))
+                    # quick: a count of answers (two per connection), as for the batch runs below
+                    requests = max(20, 2 * concurrency) if self.plan.quick else None
+                    run = self.load(server, workers, kind="single", model=model, body=body, concurrency=concurrency, requests=requests)
+                    self.runs.append(run)
             for size in self.plan.batch_requests:
                 run = self.load(
                     server,

@@ -4,7 +4,9 @@
     python -m bench.tail --output bench/results/tail-2core.json
 
 For each worker count the default server (resnet, single-image multipart PNGs) is driven by
-wrk at ``--concurrency`` after a warm-up, ``--rounds`` times. Around each measured window
+wrk at ``--concurrency`` after a warm-up, ``--rounds`` times, with each ``--settle`` pause
+between the warm-up and the measured window (a wrk run ends by closing its connections,
+and what they left in flight is still served). Around each measured window
 ``/metrics`` is read, and the difference of the server's own histograms describes the
 requests of that window:
 
@@ -21,9 +23,11 @@ of the tree show how the work fell between the HTTP workers.
 """
 
 import argparse
+import itertools
 import json
 import statistics
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -101,6 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=6.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument(
+        "--settle",
+        type=float,
+        nargs="+",
+        default=[0.0, 3.0],
+        help="idle seconds between the warm-up and the measured window, each in every round: the requests the warm-up's "
+        "closed connections left in flight are served before the window with a pause, inside it without",
+    )
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="a server setting, for every server")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--output", type=Path)
@@ -121,20 +133,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server.start()
                 metrics = httpx.Client(base_url=server.url, timeout=30, trust_env=False)
                 job = Job(server.url, f"/predict?model={args.model}", concurrency=args.concurrency, duration_s=args.duration)
-                for round_ in range(args.rounds):
+                for round_, settle in itertools.product(range(args.rounds), args.settle):
                     load.run(Job(**{**job.__dict__, "duration_s": args.warmup, "warmup_s": 0.0}))
+                    time.sleep(settle)
                     before, cpu_before = _histograms(metrics.get("/metrics").text), server.cpu_by_process()
                     result = load.run(Job(**{**job.__dict__, "warmup_s": 0.0}))
                     stages = _window(before, _histograms(metrics.get("/metrics").text))
                     wrk = result["latency_ms"] or {}
-                    run = {"workers": workers, "round": round_, "requests_per_s": round(result["requests_per_s"], 1)}
+                    run = {"workers": workers, "round": round_, "settle_s": settle, "requests_per_s": round(result["requests_per_s"], 1)}
                     run |= {"errors": result["errors"], "error_kinds": result["error_kinds"]}
                     run |= {"wrk_ms": {key: round(wrk[key], 2) for key in ("p50", "p99", "max")} if wrk else None, "server_ms": stages}
                     run["p99_over_p50"] = round(wrk["p99"] / wrk["p50"], 2) if wrk else None
                     run["cpu_s_by_process"] = _cpu_split(server, cpu_before)
                     runs.append(run)
                     print(
-                        f"workers {workers} round {round_}: {run['requests_per_s']:7.0f} req/s, errors {run['errors']}, wrk p50 "
+                        f"workers {workers} round {round_} settle {settle:g} s: {run['requests_per_s']:7.0f} req/s, "
+                        f"errors {run['errors']}, wrk p50 "
                         f"{wrk.get('p50', 0):.0f} ms p99 {wrk.get('p99', 0):.0f} ms ({run['p99_over_p50']}x); server p50 "
                         f"{stages['server']['p50']} ms p99 {stages['server']['p99']} ms; queue p99 {stages['queue_wait']['p99']} ms; "
                         f"cpu {run['cpu_s_by_process']}"
@@ -142,11 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 server.stop()
     summary = {
-        str(workers): {
-            "p99_over_p50": [run["p99_over_p50"] for run in runs if run["workers"] == workers],
-            "requests_per_s_median": statistics.median(run["requests_per_s"] for run in runs if run["workers"] == workers),
+        f"workers {workers}, settle {settle:g} s": {
+            "p99_over_p50": [run["p99_over_p50"] for run in chosen],
+            "requests_per_s_median": statistics.median(run["requests_per_s"] for run in chosen),
         }
-        for workers in args.workers
+        for workers, settle in itertools.product(args.workers, args.settle)
+        if (chosen := [run for run in runs if (run["workers"], run["settle_s"]) == (workers, settle)])
     }
     print(json.dumps(summary))
     if args.output:

@@ -7,6 +7,7 @@ own response around ``model``, ``predict`` and, for image files, ``decode``.
 """
 
 import asyncio
+import functools
 import os
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from core.preprocess import Blank, decode_image, to_mnist
 from core.spec import INPUT_SHAPE, SERVED_MODELS
 from service import tracing
 from service.config import Settings
+from service.connections import Departure
 from service.errors import LoadRefused, Overloaded
 from service.inference.backend import InferenceBackend
 from service.schemas import Prediction, PredictResponse
@@ -30,6 +32,7 @@ __all__ = ["Classification", "DigitClassifier", "Images", "decode_files", "encod
 # Up to this many bytes of images are decoded on the event loop (a 28x28 PNG takes tens of
 # microseconds, less than a thread hand-off); more go to a thread so that one large upload
 # cannot stall other requests.
+CLIENT_GONE = 499  # nginx's status for a request whose client closed the connection first
 INLINE_DECODE_BYTES = 16 * 1024
 
 
@@ -124,12 +127,23 @@ class DigitClassifier:
                 return decode_files(images, self.settings.max_image_pixels)
             return await anyio.to_thread.run_sync(decode_files, images, self.settings.max_image_pixels, limiter=self.decode_limiter)
 
-    async def predict(self, model: str, images: Images) -> Classification:
+    async def predict(self, model: str, images: Images, departure: Departure | None = None) -> Classification:
+        """The answer for ``images``; given the request's ``departure``, the wait (and the queued work) ends
+        as soon as the client leaves, with a 499 that nobody reads."""
         try:
             with tracing.span("infer", model=model, images=len(images.pixels)):
-                async with asyncio.timeout(self.settings.request_timeout_s):  # unlike wait_for, no extra task
-                    probabilities = await self.backend.predict(model, images.pixels)
+                async with asyncio.timeout(self.settings.request_timeout_s) as deadline:  # unlike wait_for, no extra task
+                    leave = functools.partial(deadline.reschedule, -1.0)  # a deadline in the past expires now
+                    if departure is not None:
+                        departure.watch(leave)
+                    try:
+                        probabilities = await self.backend.predict(model, images.pixels)
+                    finally:
+                        if departure is not None and not departure.happened:
+                            departure.forget(leave)
         except TimeoutError:
+            if departure is not None and departure.happened:
+                raise InputError("the client closed the connection before its answer", CLIENT_GONE) from None
             raise Overloaded(f"inference on {model!r} did not finish within {self.settings.request_timeout_s} s") from None
         return Classification.of(probabilities, await self.digit_rule(model), images.blank)
 

@@ -8,6 +8,7 @@ from fastapi.responses import Response
 from core.spec import SERVED_MODELS
 from service import tracing
 from service.api.errors import ERRORS
+from service.connections import departure_of
 from service.dependencies import ready_handler, require_api_key
 from service.handler import DigitClassifier, encode_predictions
 from service.schemas import PredictResponse
@@ -48,7 +49,7 @@ async def predict(
     request.state.model = name
     images = await handler.decode(await read_request(request, handler.settings))
     request.state.images = len(images.pixels)
-    result = await handler.predict(name, images)
+    result = await handler.predict(name, images, departure_of(request.scope))
     with tracing.span("encode"):
         response = encode_predictions(name, result, images.pixels if include_input else None)
         # Already validated: serialised once in pydantic-core instead of FastAPI re-validating.

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from core.errors import InputError
 from service import __version__
+from service.connections import departure_of
 from service.dependencies import get_handler, ready_handler, require_api_key
 from service.errors import invalid_body
 from service.handler import Classification, DigitClassifier, Images
@@ -190,7 +191,7 @@ def _add_model_routes(path: str, model: Callable[..., Any]) -> None:
         images = to_images(body.inputs[0], binary, handler.settings.max_images_per_request)
         request.state.model = name
         request.state.images = len(images)
-        return encode_outputs(body, requested, name, await handler.predict(name, Images.of(images)))
+        return encode_outputs(body, requested, name, await handler.predict(name, Images.of(images), departure_of(request.scope)))
 
 
 _add_model_routes("/models/{name}", served_model)
