@@ -1,4 +1,5 @@
-"""The dynamic batcher on its own, with a stand-in forward function we can observe."""
+"""The dynamic batcher on its own, with a stand-in forward function we can observe; and the handler's
+wait on it ending when the client leaves."""
 
 import asyncio
 import threading
@@ -9,7 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from core.errors import InputError
+from service.config import Settings
+from service.connections import Departure
 from service.errors import Overloaded
+from service.handler import DigitClassifier, Images
 from service.inference.batching import DynamicBatcher
 
 
@@ -126,4 +131,35 @@ async def test_max_wait_lets_a_batch_fill(executor: ThreadPoolExecutor) -> None:
     second = asyncio.create_task(batcher.predict(images(2.0)))
     await asyncio.gather(first, second)
     assert forward.sizes == [2]
+    await batcher.stop()
+
+
+class _BatcherBackend:
+    """The one backend method the handler's predict calls, in front of a batcher."""
+
+    def __init__(self, batcher: DynamicBatcher) -> None:
+        self.batcher = batcher
+
+    async def predict(self, model: str, pixels: np.ndarray) -> np.ndarray:
+        return await self.batcher.predict(pixels)
+
+
+async def test_a_request_whose_client_left_stops_waiting_and_its_images_are_never_computed(executor: ThreadPoolExecutor) -> None:
+    forward = RecordingForward(delay_s=0.3)
+    batcher = await make(forward, executor, max_batch_size=1)
+    classifier = DigitClassifier(_BatcherBackend(batcher), Settings())  # type: ignore[arg-type]
+    busy = asyncio.create_task(batcher.predict(images(1.0)))  # holds the model for 0.3 s
+    await asyncio.sleep(0.05)
+    departure = Departure()
+    waiting = asyncio.create_task(classifier.predict("resnet", Images.of(images(2.0)), departure))
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and batcher.queued_images == 1
+
+    departure()  # what the protocol calls when the connection closes before the answer
+    with pytest.raises(InputError) as raised:
+        await asyncio.wait_for(waiting, 0.1)  # at once, not when the busy pass ends
+    assert raised.value.status_code == 499
+    await busy
+    await asyncio.sleep(0.05)
+    assert forward.sizes == [1]  # the departed request's image was dropped from the queue
     await batcher.stop()
