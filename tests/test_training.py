@@ -19,7 +19,7 @@ from models.checkpoint import CheckpointError, load_classifier, sha256_file
 from models.data import AugmentedBatches, AugmentedDigits
 from models.registry import ARCHITECTURES
 from models.training.loop import outlier_loss
-from models.training.recipe import DEFAULT_RECIPES, Recipe, add_recipe_flags, recipe_from_flags
+from models.training.recipe import DEFAULT_RECIPES, Init, Recipe, add_recipe_flags, recipe_from_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -152,12 +152,13 @@ def test_an_init_other_than_the_recipes_is_refused(trained: Path, data_dir: Path
         "--out",
         str(tmp_path),
     ]
-    with pytest.raises(SystemExit, match=rf"has sha256 {actual}, but the recipe fine-tunes from {DEFAULT_RECIPES['resnet'].init.sha256}"):
-        train.main(["--arch", "resnet", "--init", str(other), *common])
+    named = ["--init-sha256", "0" * 64]  # a recipe that fine-tunes from some other checkpoint
+    with pytest.raises(SystemExit, match=rf"has sha256 {actual}, but the recipe fine-tunes from {'0' * 64}"):
+        train.main(["--arch", "resnet", "--init", str(other), *named, *common])
     with pytest.raises(SystemExit, match=rf"--init-sha256 {actual}"):  # the message says how to change the recipe
         train.main(["--arch", "inception", "--init", str(other), *common])
     with pytest.raises(SystemExit, match="pass that file as --init FILE"):
-        train.main(["--arch", "resnet", *common])
+        train.main(["--arch", "resnet", *named, *common])
     recipe = dataclasses.replace(DEFAULT_RECIPES["resnet"], init=dataclasses.replace(DEFAULT_RECIPES["resnet"].init, sha256="0" * 64))
     with pytest.raises(SystemExit, match="sha256"):
         train.train(recipe, data_dir, False, tmp_path, 0, init=other)
@@ -190,7 +191,7 @@ def _another_value(value: Any, choices: list[str] | None) -> tuple[list[str], An
 
 def test_every_hyperparameter_has_one_flag_that_sets_only_it() -> None:
     parser = _recipe_parser()
-    base = DEFAULT_RECIPES["resnet"]
+    base = dataclasses.replace(DEFAULT_RECIPES["resnet"], init=Init(sha256="0" * 64))  # a string to change
     flags = [action for action in parser._actions if action.dest != "help"]
     recipe_fields = [
         (section, field.name) for section, value in _sections(base).items() if section != "arch" for field in dataclasses.fields(value)
