@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from bench.load import BodyKind, Job, LoadGenerator, v2_infer_body, write_payloads
-from bench.report import PEER_CONCURRENCY, PEER_MIN_RATIO, TRITON_MIN_RATIO
+from bench.report import PEER_CONCURRENCY, PEER_MIN_RATIO, TRITON_MIN_RATIO, target
 from bench.run import encode_pngs
 from bench.server import ServerProcess, describe_machine, free_port
 from core.preprocess import decode_image, to_mnist
@@ -192,19 +192,6 @@ def _pairs(runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, A
     ]
 
 
-def _target(name: str, value: float | None, comparison: str, threshold: float, unit: str, detail: str) -> dict[str, Any]:
-    passed = value is not None and (value >= threshold if comparison == ">=" else value < threshold)
-    return {
-        "name": name,
-        "value": value,
-        "comparison": comparison,
-        "threshold": threshold,
-        "unit": unit,
-        "passed": passed,
-        "detail": detail,
-    }
-
-
 def _targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per model and peer: our images/s over the peer's at concurrency 32; against Triton, also the c1 median latency."""
     targets = []
@@ -214,10 +201,10 @@ def _targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ratio = ours["images_per_s"] / peer["images_per_s"] if peer["images_per_s"] else None
             detail = f"{ours['images_per_s']:.0f} vs {peer['images_per_s']:.0f} images/s"
             name = f"{ours['model']}: c{PEER_CONCURRENCY} images/s, ours vs {label}"
-            targets.append(_target(name, ratio, ">=", PEER_RATIOS[ours["peer"]], "x", detail))
+            targets.append(target(name, ratio, ">=", PEER_RATIOS[ours["peer"]], "x", detail))
         if ours["concurrency"] == 1 and ours["peer"] == "triton" and ours["latency_ms"] and peer["latency_ms"]:
             a, b = ours["latency_ms"]["p50"], peer["latency_ms"]["p50"]
-            targets.append(_target(f"{ours['model']}: c1 p50 ms, ours below {label}", a, "<", b, "ms", f"{a:.2f} vs {b:.2f} ms"))
+            targets.append(target(f"{ours['model']}: c1 p50 ms, ours below {label}", a, "<", b, "ms", f"{a:.2f} vs {b:.2f} ms"))
     return targets
 
 
@@ -346,9 +333,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.results_dir / f"peer-{args.name}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(_table(runs))
-    for target in targets:
-        value = target["value"] if target["value"] is not None else float("nan")
-        print(f"  {'PASS' if target['passed'] else 'FAIL'}  {target['name']}: {value:.2f} {target['comparison']} {target['threshold']:.2f}")
+    for verdict in targets:
+        value = verdict["value"] if verdict["value"] is not None else float("nan")
+        outcome = "PASS" if verdict["passed"] else "FAIL"
+        print(f"  {outcome}  {verdict['name']}: {value:.2f} {verdict['comparison']} {verdict['threshold']:.2f}")
     print(f"wrote {out}")
     return 0
 

@@ -13,6 +13,7 @@ __all__ = [
     "format_report",
     "plot",
     "server_label",
+    "target",
     "worker_scaling",
 ]
 
@@ -79,7 +80,8 @@ def _p(run: Result | None, key: str) -> float | None:
     return value
 
 
-def _target(name: str, value: float | None, comparison: str, threshold: float, unit: str, detail: str = "") -> Result:
+def target(name: str, value: float | None, comparison: str, threshold: float, unit: str, detail: str = "") -> Result:
+    """One target's verdict: ``value`` against ``threshold`` (>=, < or <=); unmeasured fails."""
     if value is None or math.isnan(value):
         passed = False
         detail = detail or "not measured (no successful requests)"
@@ -146,7 +148,7 @@ def evaluate_targets(results: Result) -> list[Result]:
     for row in worker_scaling(results):
         if row["workers"] == 2 and row["body"] == "multipart":
             targets.append(
-                _target(
+                target(
                     f"{row['model']}: c{row['concurrency']} images/s, 2 workers vs 1",
                     row["ratio"],
                     ">=",
@@ -163,7 +165,7 @@ def evaluate_targets(results: Result) -> list[Result]:
                 continue
             best = best_limit_256(results, model)
             targets.append(
-                _target(
+                target(
                     f"{model}, {count} worker(s): batch-256 PNG images/s vs the best in-process limit at 256",
                     run["images_per_s"] / best if best else None,
                     ">=",
@@ -180,7 +182,7 @@ def evaluate_targets(results: Result) -> list[Result]:
                 continue
             p99, p50 = _p(run, "p99"), _p(run, "p50")
             targets.append(
-                _target(
+                target(
                     f"{model}, {count} worker(s): c{TAIL_CONCURRENCY} p99 vs its p50",
                     p99 / p50 if p99 is not None and p50 else None,
                     "<=",
@@ -197,7 +199,7 @@ def evaluate_targets(results: Result) -> list[Result]:
             if batched is not None and unbatched is not None:
                 speedup = batched["images_per_s"] / unbatched["images_per_s"] if unbatched["images_per_s"] else None
                 targets.append(
-                    _target(
+                    target(
                         f"{model} {body}: c32 images/s, batching vs no batching (1 worker)",
                         speedup,
                         ">=",
@@ -209,7 +211,7 @@ def evaluate_targets(results: Result) -> list[Result]:
 
     for floor in results.get("latency_floor", []):
         targets.append(
-            _target(
+            target(
                 f"{floor['model']} {floor['body']}: c1 p50 vs healthz + forward@1 ({floor['server']})",
                 floor["ratio"],
                 "<=",
@@ -221,11 +223,11 @@ def evaluate_targets(results: Result) -> list[Result]:
 
     default = next((s for s in results["servers"] if s["label"] == server_label(1)), None)
     if default is not None:
-        targets.append(_target("ready after start (default settings: 1 worker)", default["ready_s"], "<=", READY_MAX_S, "s"))
+        targets.append(target("ready after start (default settings: 1 worker)", default["ready_s"], "<=", READY_MAX_S, "s"))
     for server in results["servers"]:
         if server["label"] != NO_BATCHING:
             targets.append(
-                _target(
+                target(
                     f"peak RSS of the process tree, {server['workers']} worker(s)",
                     server["peak_rss_mb"],
                     "<",
@@ -236,7 +238,7 @@ def evaluate_targets(results: Result) -> list[Result]:
             )
     for soak in results.get("soaks", []):
         targets.append(
-            _target(
+            target(
                 f"RSS growth over the soak, {soak['workers']} worker(s)",
                 soak["growth_pct"],
                 "<",
@@ -246,7 +248,7 @@ def evaluate_targets(results: Result) -> list[Result]:
             )
         )
     errors = sum(run["errors"] for run in runs) + sum(soak["errors"] for soak in results.get("soaks", []))
-    targets.append(_target("requests that failed (all runs)", float(errors), "<=", 0, "", ""))
+    targets.append(target("requests that failed (all runs)", float(errors), "<=", 0, "", ""))
     return targets
 
 

@@ -92,7 +92,9 @@ def _default_workers() -> list[int]:
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a smoke run for CI (load runs end after a count of answers, 500-request soak)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run for CI (load runs end after a count of answers, 500-request soak)"
+    )
     parser.add_argument("--models", nargs="+", choices=SERVED_MODELS, default=list(SERVED_MODELS))
     parser.add_argument(
         "--bodies", nargs="+", choices=["multipart", "json"], default=["multipart", "json"], help="single-image body encodings"
