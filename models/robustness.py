@@ -1,10 +1,11 @@
-"""Robustness of a weights directory on the VALIDATION split: degraded digits and non-digits.
+"""Robustness of a weights directory on the VALIDATION split: degraded and synthesised digits, non-digits.
 
     python -m models.robustness --weights-dir weights --data-dir ../shared/data --no-download
 
 For each served model: accuracy on the 5,000 validation digits as they are, scanned at 8x8
 and at 16x16 and scaled back up, and thresholded to 1-bit (``models.augment.degrade_validation``),
-and the share of the validation non-digit pool (``models.nondigits``, seed 1,000,000) that
+on the 2,500 digits the training runs validate on from the stroke synthesiser (``models.strokes``,
+every style, seed 1,000,000), and the share of the validation non-digit pool (``models.nondigits``, seed 1,000,000) that
 the model's own is_digit threshold rejects, or, for weights without one, the share whose max
 probability is below the threshold that rejects 0.5% of the validation digits. Nothing here
 reads the test set, so it may be used to compare checkpoints.
@@ -26,6 +27,7 @@ from models.data import Digits, load_mnist, split_validation
 from models.evaluate import predict
 from models.nondigits import VALIDATION_SEED, nondigit_pool
 from models.registry import ARCHITECTURES, ENSEMBLE
+from models.strokes import drawn_digits
 from models.training.recipe import Recipe
 
 __all__ = ["main", "measure"]
@@ -35,10 +37,12 @@ def _accuracy(model: nn.Module, digits: Digits) -> float:
     return float((predict(model, digits).argmax(1) == digits.labels).double().mean())
 
 
-def measure(model: nn.Module, val: Digits, nondigits: Digits, is_digit: dict[str, Any] | None) -> dict[str, float]:
-    """Clean and degraded validation accuracy, non-digits rejected, validation digits rejected."""
+def measure(model: nn.Module, val: Digits, drawn: Digits, nondigits: Digits, is_digit: dict[str, Any] | None) -> dict[str, float]:
+    """Clean, degraded and synthesised validation accuracy, non-digits rejected, validation digits rejected."""
     result = {"clean": _accuracy(model, val)}
     result |= {variant: _accuracy(model, Digits(degrade_validation(val.images, variant), val.labels)) for variant in ROBUSTNESS_VARIANTS}
+    result["degraded_mean"] = sum(result[variant] for variant in ROBUSTNESS_VARIANTS) / len(ROBUSTNESS_VARIANTS)
+    result["synthesised"] = _accuracy(model, drawn)
     # Weights fitted before the score had a temperature scored at 1: they still measure as they served.
     score, temperature = (is_digit["score"], float(is_digit.get("temperature", 1.0))) if is_digit else ("max_probability", 1.0)
     digit_scores = digit_score(predict(model, val).numpy(), score, temperature)
@@ -67,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     _, val = split_validation(load_mnist(args.data_dir, train=True, download=args.download), val_size, split_seed)
     pool = torch.from_numpy(nondigit_pool(args.non_digits, VALIDATION_SEED, val.images.numpy()))
     nondigits = Digits(pool, torch.zeros(len(pool), dtype=torch.long))
+    drawn = drawn_digits(Recipe("any").data.drawn_validation_digits, VALIDATION_SEED)
     models = [*((n, m, meta) for n, (m, meta) in members.items()), (ENSEMBLE, ensemble, ensemble_meta)]
-    results = {name: measure(model, val, nondigits, meta.get("is_digit")) for name, model, meta in models}
+    results = {name: measure(model, val, drawn, nondigits, meta.get("is_digit")) for name, model, meta in models}
     print(json.dumps(results, indent=2))
     return 0
 
