@@ -28,7 +28,7 @@ from models.evaluate import predict
 from models.nondigits import VALIDATION_SEED, nondigit_pool
 from models.registry import ARCHITECTURES, ENSEMBLE
 from models.strokes import drawn_digits
-from models.training.recipe import Recipe
+from models.training.recipe import Data, Recipe
 
 __all__ = ["main", "measure"]
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     _, val = split_validation(load_mnist(args.data_dir, train=True, download=args.download), val_size, split_seed)
     pool = torch.from_numpy(nondigit_pool(args.non_digits, VALIDATION_SEED, val.images.numpy()))
     nondigits = Digits(pool, torch.zeros(len(pool), dtype=torch.long))
-    drawn = drawn_digits(Recipe("any").data.drawn_validation_digits, VALIDATION_SEED)
+    drawn = drawn_digits(Data().drawn_validation_digits, VALIDATION_SEED)
     models = [*((n, m, meta) for n, (m, meta) in members.items()), (ENSEMBLE, ensemble, ensemble_meta)]
     results = {name: measure(model, val, drawn, nondigits, meta.get("is_digit")) for name, model, meta in models}
     print(json.dumps(results, indent=2))
