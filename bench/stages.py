@@ -299,7 +299,7 @@ def measure_stages(
     probabilities = served[models[0]].forward(inputs)
     metadata = served[models[0]].metadata
     # the model's digit rule from its metadata, as the server reads it; weights without one get a stand-in
-    rule = DigitRule.of(metadata) if metadata.get("is_digit") else DigitRule("max_probability", 1.0, 0.5)
+    rule = DigitRule.of(metadata) if metadata.get("is_digit") else DigitRule("max_probability", 1.0, 0.5, 0.5)
     for name in models:
         forward = served[name].forward
         samples = timer.sync(lambda forward=forward: forward(inputs))  # type: ignore[misc]

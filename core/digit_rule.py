@@ -11,6 +11,12 @@ Each served model's score, temperature and threshold are fitted on validation da
 (``models.training.report.is_digit_report``): the threshold is the largest that rejects at most
 ``MAX_DIGITS_REJECTED`` (0.5%) of the 5,000 validation digits, and the score and temperature
 are the pair that then rejects the most validation non-digits (``models.nondigits``).
+
+A piece of a written number (``POST /read``) is held to a lower bar, ``piece_threshold``: the
+largest that rejects at most ``MAX_PIECE_DIGITS_REJECTED`` (0.05%) of the validation digits.
+Segmentation has already found ink of a digit's height there, and a digit dropped from a
+number costs the whole reading (docs/evaluation.md, "Written numbers", measures both bars on
+numbers of training digits: ``python -m evaluation.numbers --split train``).
 """
 
 from collections.abc import Callable, Mapping
@@ -21,6 +27,7 @@ import numpy as np
 
 __all__ = [
     "MAX_DIGITS_REJECTED",
+    "MAX_PIECE_DIGITS_REJECTED",
     "SCORES",
     "TEMPERATURES",
     "DigitRule",
@@ -31,6 +38,7 @@ __all__ = [
 ]
 
 MAX_DIGITS_REJECTED = 0.005
+MAX_PIECE_DIGITS_REJECTED = 0.0005
 TEMPERATURES = (1.0, 1.5, 2.0, 3.0)  # the score temperatures the fitting chooses from
 
 
@@ -88,16 +96,20 @@ def is_digit(probabilities: np.ndarray, threshold: float, score: str = "max_prob
 @dataclass(frozen=True)
 class DigitRule:
     """One model's fitted rule: a score of its probabilities, softened by a temperature, against a
-    threshold, as the ``is_digit`` block of its weights' metadata records them."""
+    threshold (a whole image) and a lower one (a piece of a written number), as the ``is_digit``
+    block of its weights' metadata records them."""
 
     score: str
     temperature: float
     threshold: float
+    piece_threshold: float
 
     @classmethod
     def of(cls, card: Mapping[str, Any]) -> "DigitRule":
+        """Metadata fitted before pieces had their own threshold hold them to the image's."""
         block = card["is_digit"]
-        return cls(block["score"], float(block["temperature"]), float(block["threshold"]))
+        threshold = float(block["threshold"])
+        return cls(block["score"], float(block["temperature"]), threshold, float(block.get("piece_threshold", threshold)))
 
     def scores(self, probabilities: np.ndarray) -> np.ndarray:
         return digit_score(probabilities, self.score, self.temperature)

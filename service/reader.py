@@ -2,9 +2,10 @@
 candidate of every image classified in one batched call through the same backend as ``/predict``,
 and for each glyph the reading the classifier is most sure of.
 
-A piece is a digit (``is_digit``) when the model's digit rule says so, as ``/predict`` decides
-it for a single image, and it is at least half as tall as the number's digits; ``text`` is the
-labels of the digits, left to right, and its confidence the product of theirs.
+A piece is a digit (``is_digit``) when its digit score reaches the model's piece threshold (the
+digit rule of ``/predict`` with a lower bar: ``core.digit_rule``) and it is at least half as
+tall as the number's digits; ``text`` is the labels of the digits, left to right, and its
+confidence the product of theirs.
 """
 
 import dataclasses
@@ -37,7 +38,7 @@ def segment_files(images: list[RawImage], max_pixels: int) -> list[Segmentation]
     return segmentations
 
 
-def _reading(segmentation: Segmentation, result: Classification, offset: int) -> tuple[Reading, int]:
+def _reading(segmentation: Segmentation, result: Classification, offset: int, piece_threshold: float) -> tuple[Reading, int]:
     """The reading of one image whose pieces' answers start at ``offset`` of ``result``; and where the next image's start."""
     digits = []
     for glyph in segmentation.glyphs:
@@ -49,7 +50,7 @@ def _reading(segmentation: Segmentation, result: Classification, offset: int) ->
                 DigitReading(
                     label=int(result.labels[index]),
                     confidence=float(result.confidence[index]),
-                    is_digit=bool(result.is_digit[index]) and not piece.small,
+                    is_digit=bool(result.digit_score[index] >= piece_threshold) and not piece.small,
                     box=list(piece.box),
                 )
             )
@@ -59,12 +60,12 @@ def _reading(segmentation: Segmentation, result: Classification, offset: int) ->
     return Reading(text=text, confidence=math.prod(digit.confidence for digit in read), digits=digits), offset
 
 
-def encode_readings(model: str, segmentations: list[Segmentation], result: Classification) -> ReadResponse:
+def encode_readings(model: str, segmentations: list[Segmentation], result: Classification, piece_threshold: float) -> ReadResponse:
     """One reading per image, in order; ``result`` answers every piece of every image, in order."""
     readings = []
     offset = 0
     for segmentation in segmentations:
-        reading, offset = _reading(segmentation, result, offset)
+        reading, offset = _reading(segmentation, result, offset, piece_threshold)
         readings.append(reading)
     return ReadResponse(model=model, readings=readings)
 
@@ -88,12 +89,13 @@ class NumberReader:
         """Every piece of every image classified in one batched call (through the backend's batcher,
         with every other request's images), then each glyph's best reading."""
         pieces = [piece.pixels for segmentation in segmentations for piece in segmentation.pieces()]
+        piece_threshold = (await self.classifier.digit_rule(model)).piece_threshold
         if not pieces:  # only blank images: nothing to ask the model
-            return encode_readings(model, segmentations, NOTHING)
+            return encode_readings(model, segmentations, NOTHING, piece_threshold)
         pixels = np.stack(pieces)[:, None]
         # One call for all of a request's pieces, unless there are more than a request may hold
         # images: then one call per that many, so that no call alone overfills the model's queue.
         step = self.classifier.settings.max_images_per_request
         chunks = [pixels[start : start + step] for start in range(0, len(pixels), step)]
         results = [await self.classifier.predict(model, Images(chunk, np.zeros(len(chunk), dtype=bool))) for chunk in chunks]
-        return encode_readings(model, segmentations, results[0] if len(results) == 1 else _joined(results))
+        return encode_readings(model, segmentations, results[0] if len(results) == 1 else _joined(results), piece_threshold)

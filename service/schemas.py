@@ -67,8 +67,9 @@ class DigitReading(BaseModel):
     label: int = Field(ge=0, le=9, description="the digit the model reads in this piece")
     confidence: float = Field(ge=0, le=1, description="calibrated probability of that digit, as /predict gives it")
     is_digit: bool = Field(
-        description="false when the piece does not look like a handwritten digit (the model's is_digit rule, as in /predict) "
-        "or is less than half as tall as the number's digits (a point, a comma, a dash); such pieces are left out of text"
+        description="false when the piece does not look like a handwritten digit (its digit score is below the model's "
+        "is_digit piece_threshold in /model-info, a lower bar than /predict's threshold) or is less than half as tall as "
+        "the number's digits (a point, a comma, a dash); such pieces are left out of text"
     )
     box: list[int] = Field(
         min_length=4,
@@ -127,11 +128,14 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any] = Field(description="test and validation accuracy from training")
     calibration: dict[str, Any]
     is_digit: dict[str, Any] | None = Field(
-        None, description="how is_digit is decided: method, score, temperature, threshold, rates, and the preprocessing version fitted with"
+        None,
+        description="how is_digit is decided: method, score, temperature, threshold (an image), piece_threshold (a piece of a "
+        "written number, /read), rates, and the preprocessing version fitted with",
     )
     preprocessing_version: int = Field(description="the preprocessing this server runs; is_digit is measured where the two versions agree")
     recipe: dict[str, Any] | None = Field(None, description="the training recipe (None for the ensemble)")
     cuda_graphs: bool = Field(description="forward passes replay captured CUDA graphs")
+    traced: bool = Field(description="CPU forward passes run one frozen TorchScript graph (false: eager passes)")
     batches: int = Field(description="forward passes run since start")
     images: int = Field(description="images predicted since start")
     mean_batch_size: float

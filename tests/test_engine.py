@@ -15,10 +15,12 @@ import pytest
 import torch
 
 from core.preprocess import PREPROCESSING_VERSION
+from models.data import Digits
 from service.config import Settings
 from service.errors import Overloaded
 from service.handler import DigitClassifier, Images
 from service.inference import engine as engine_module
+from service.inference import loader as loader_module
 from service.inference.engine import Engine
 from service.inference.loader import ServedModel, batch_buckets, check_preprocessing, load_models
 from service.metrics import Metrics
@@ -121,14 +123,48 @@ def test_a_failed_cuda_graph_capture_leaves_the_model_on_eager_passes(caplog: py
     assert served.forward(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 10)
 
 
+def test_the_traced_cpu_pass_answers_as_the_eager_one(mnist_test: Digits) -> None:
+    served = load_models(WEIGHTS, torch.device("cpu"))
+    images = (mnist_test.images[:64, None].numpy() / 255).astype(np.float32)
+    for model in served.values():
+        eager = model.forward(images)
+        model.trace()
+        assert model.traced is not None, model.name
+        np.testing.assert_allclose(model.forward(images), eager, atol=1e-5)
+
+
+def test_a_failed_trace_leaves_the_model_on_eager_passes(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    def refuse(module: torch.nn.Module) -> torch.jit.ScriptModule:
+        raise RuntimeError("an operator the tracer does not know")
+
+    monkeypatch.setattr(loader_module, "trace_cpu_pass", refuse)
+    served = load_models(WEIGHTS, torch.device("cpu"))["inception"]
+    with caplog.at_level(logging.WARNING, logger="service.inference.loader"):
+        served.trace()
+    assert served.traced is None
+    assert "tracing failed for inception, serving it with eager passes: an operator the tracer does not know" in caplog.text
+    assert served.forward(np.zeros((3, 1, 28, 28), np.float32)).shape == (3, 10)
+
+
+def test_a_trace_that_answers_differently_is_refused() -> None:
+    class Dropout(torch.nn.Module):  # different on every call: the check against the eager pass must catch it
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(torch.rand(images.shape[0], 10), dim=1)
+
+    with pytest.raises(ValueError, match="the traced pass differs from the eager one"):
+        loader_module.trace_cpu_pass(Dropout())
+
+
 async def test_model_cards_say_whether_graphs_are_used_and_which_preprocessing_runs() -> None:
     engine = Engine(Settings(weights_dir=WEIGHTS, warmup_batches=1, device="cpu"), Metrics())
     await engine.start()
     try:
+        await engine.warm_up()
         cards = (await engine.describe())["models"]
     finally:
         await engine.stop()
     assert {card["name"]: card["cuda_graphs"] for card in cards} == {"inception": False, "resnet": False, "ensemble": False}
+    assert {card["name"]: card["traced"] for card in cards} == {"inception": True, "resnet": True, "ensemble": True}
     assert {card["preprocessing_version"] for card in cards} == {PREPROCESSING_VERSION}
     assert {card["is_digit"]["preprocessing_version"] for card in cards} == {PREPROCESSING_VERSION}
 

@@ -84,14 +84,16 @@ class Engine:
         log.info("ready: %s", ", ".join(self.models))
 
     def _warm(self, models: dict[str, ServedModel]) -> None:
-        """On the inference thread: graphs, then ``warmup_batches`` passes of each batch size."""
+        """On the inference thread: graphs (CUDA) or a traced pass (CPU), then ``warmup_batches`` passes of each batch size."""
         sizes = sorted({1, self.max_batch_size})
         for name, model in models.items():
             model.capture_graphs(self.max_batch_size)
+            model.trace()
             for size in sizes:
                 for _ in range(self.settings.warmup_batches):
                     model.forward(np.zeros((size, *INPUT_SHAPE), np.float32))
-            log.info("warmed up %s with batch sizes %s%s", name, sizes, " (CUDA graphs)" if model.graphs else "")
+            how = " (CUDA graphs)" if model.graphs else " (traced)" if model.traced else ""
+            log.info("warmed up %s with batch sizes %s%s", name, sizes, how)
 
     # The model repository ------------------------------------------------------------------
 
@@ -190,6 +192,7 @@ class Engine:
             "device": str(served.device),
             "dtype": "float32",
             "cuda_graphs": served.graphs is not None,
+            "traced": served.traced is not None,
             "weights": {"file": served.weights_file, "sha256": served.sha256, "members": meta.get("members")},
             "metrics": {k: v for k, v in meta["metrics"].items() if k != "confusion_matrix"},
             "calibration": meta["calibration"],

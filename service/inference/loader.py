@@ -5,6 +5,7 @@ not match their metadata: a server that cannot answer correctly must not report 
 """
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,41 @@ def batch_buckets(max_batch_size: int) -> list[int]:
 
 def _normalised(module: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return module((images - MNIST_MEAN) / MNIST_STD)
+
+
+class _Pass(nn.Module):
+    """Intensities in [0, 1] -> probabilities: the normalisation and the model, as one graph to trace."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return _normalised(self.module, images)
+
+
+TRACE_TOLERANCE = 1e-5  # the traced pass's largest difference from the eager one on a probe batch
+
+
+def trace_cpu_pass(module: nn.Module) -> torch.jit.ScriptModule:
+    """The CPU pass as one frozen TorchScript graph, checked against the eager pass.
+
+    An eager pass hands the GIL back and takes it again around each of its ~100 operators;
+    beside an event loop busy with HTTP each take can wait a switch interval (5 ms), so a
+    pass in the inference thread slows several-fold. A traced graph runs its operators in C++
+    with the GIL released once. ``python -m bench.gil`` measures both beside a busy thread.
+    """
+    probe = torch.rand(5, *INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        eager = _normalised(module, probe)
+    with warnings.catch_warnings():  # torch marks TorchScript deprecated in favour of torch.compile, which needs a C++ compiler at start
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.freeze(torch.jit.trace(_Pass(module).eval(), probe))
+    with torch.inference_mode():
+        difference = float((traced(probe) - eager).abs().max())
+    if not difference <= TRACE_TOLERANCE:
+        raise ValueError(f"the traced pass differs from the eager one by {difference:.3g}")
+    return traced
 
 
 class CudaGraphs:
@@ -99,6 +135,7 @@ class ServedModel:
     sha256: str | None
     threads: int = 1  # torch intra-op threads on the CPU
     graphs: CudaGraphs | None = field(default=None, repr=False)
+    traced: torch.jit.ScriptModule | None = field(default=None, repr=False)
 
     def capture_graphs(self, max_batch_size: int) -> None:
         """On CUDA, capture a graph per batch bucket; passes then replay them.
@@ -114,6 +151,19 @@ class ServedModel:
             self.graphs = None
             log.warning("CUDA graph capture failed for %s, serving it with eager passes: %s", self.name, exc)
 
+    def trace(self) -> None:
+        """On the CPU, trace the pass (``trace_cpu_pass``); passes then run the graph.
+
+        A trace that fails or differs from the eager pass leaves this model on eager passes.
+        """
+        if self.device.type != "cpu":
+            return
+        try:
+            self.traced = trace_cpu_pass(self.module)
+        except Exception as exc:  # tracing raises RuntimeError, TracingCheckError and others
+            self.traced = None
+            log.warning("tracing failed for %s, serving it with eager passes: %s", self.name, exc)
+
     def forward(self, images: np.ndarray) -> np.ndarray:
         """Probabilities for N x 1 x 28 x 28 float32 intensities in [0, 1]; runs in the engine's one torch thread."""
         if self.graphs is not None:
@@ -121,6 +171,8 @@ class ServedModel:
         torch.set_num_threads(self.threads)  # OpenMP keeps this per calling thread: set it where the pass runs
         with torch.inference_mode():
             batch = torch.from_numpy(np.require(images, np.float32, ["C", "W"])).to(self.device, non_blocking=True)
+            if self.traced is not None:
+                return self.traced(batch).numpy()
             return _normalised(self.module, batch).float().cpu().numpy()
 
 
