@@ -22,7 +22,6 @@ Written to ``--out`` (default ``evaluation/results/numbers.json``) with Markdown
 
 import argparse
 import json
-import os
 import sys
 import time
 import zlib
@@ -37,11 +36,10 @@ import numpy as np
 from PIL import Image
 
 from evaluation import corpus, mnist
-from evaluation.realworld import serve
+from evaluation.server import ROOT, add_server_flags, model_weights, server_url
 
 __all__ = ["NUMBER_STYLES", "NumberSpec", "Scored", "edit_distance", "main", "number_ink", "number_specs", "render_number"]
 
-ROOT = Path(__file__).resolve().parent.parent
 LENGTHS = range(2, 9)
 TARGET_LENGTHS = range(2, 7)  # the target: numbers of 2-6 digits standing apart read exactly...
 TARGET = 0.97  # ...this often
@@ -326,14 +324,9 @@ def tables(scored: list[Scored]) -> dict[str, str]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", help="a running server; without it `python -m service` is started from --server-dir")
-    parser.add_argument("--server-dir", type=Path, default=ROOT, help="the checkout whose `python -m service` is started")
-    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"), help="MNIST in torchvision's layout")
-    parser.add_argument("--split", choices=["test", "train"], default="test", help="digits to render; train only for tuning")
+    add_server_flags(parser)
     parser.add_argument("--per-style", type=int, default=280, help="numbers rendered in every style (lengths 2-8 in turn)")
     parser.add_argument("--styles", nargs="+", choices=sorted(NUMBER_STYLES), help="default: every style")
-    parser.add_argument("--model", default="ensemble")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=16, help="images per request")
     parser.add_argument("--out", type=Path, default=ROOT / "evaluation" / "results" / "numbers.json", help="where the JSON result goes")
     return parser
@@ -345,7 +338,7 @@ def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
     started = time.perf_counter()
     scored: list[Scored] = []
     with httpx.Client(base_url=url, timeout=300) as http:
-        weights = {m["name"]: m["weights"]["sha256"] for m in http.get("/model-info").json()["models"]}
+        weights = model_weights(http)
         for style in args.styles or list(NUMBER_STYLES):
             specs = number_specs(args.per_style, len(digits), args.seed, style)
             truths = ["".join(str(int(digits.labels[i])) for i in spec.indices) for spec in specs]
@@ -381,12 +374,8 @@ def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.url:
-        result = run(args, args.url.rstrip("/"))
-    else:
-        log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"numbers-server-{os.getpid()}.log"
-        with serve(args.server_dir.resolve(), log_path) as url:
-            result = run(args, url)
+    with server_url(args, "numbers") as url:
+        result = run(args, url)
     for table in result["tables"].values():
         print(table + "\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)

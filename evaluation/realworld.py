@@ -18,16 +18,10 @@ on it.
 """
 
 import argparse
-import contextlib
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,13 +30,11 @@ import numpy as np
 from PIL import Image
 
 from evaluation import corpus, mnist
+from evaluation.server import add_server_flags, model_weights, server_url
 from models import nondigits
 
-__all__ = ["StyleScore", "main", "score_style", "serve"]
+__all__ = ["StyleScore", "main", "score_style"]
 
-ROOT = Path(__file__).resolve().parent.parent
-READY_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 30.0
 FORMATS = {b"\x89PNG": ("png", "image/png"), b"\xff\xd8\xff": ("jpg", "image/jpeg")}
 
 
@@ -70,53 +62,6 @@ class StyleScore:
     @property
     def met(self) -> bool:
         return self.accuracy >= self.target
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def serve(server_dir: Path, log_path: Path) -> Iterator[str]:
-    """``python -m service`` from ``server_dir`` on a free loopback port, ready; yields its URL."""
-    port = free_port()
-    environment = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port)}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=server_dir, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, process, log_path)
-        yield url
-    finally:
-        _stop_group(process)
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}; its log is {log_path}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"the server was not ready within {READY_TIMEOUT_S:.0f} s; its log is {log_path}")
-
-
-def _stop_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the server's process group, SIGKILL if it outlives the grace period."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def _part(style: str, index: int, data: bytes) -> tuple[str, tuple[str, bytes, str]]:
@@ -238,21 +183,11 @@ def score_uci(http: httpx.Client, *, model: str, batch: int) -> SetScore:
     )
 
 
-def _model_weights(http: httpx.Client) -> dict[str, str | None]:
-    info = http.get("/model-info").json()
-    return {m["name"]: m["weights"]["sha256"] for m in info["models"]}
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", help="a running server; without it `python -m service` is started from --server-dir")
-    parser.add_argument("--server-dir", type=Path, default=ROOT, help="the checkout whose `python -m service` is started")
-    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"), help="MNIST in torchvision's layout")
-    parser.add_argument("--split", choices=["test", "train"], default="test", help="digits to render; train only for tuning")
+    add_server_flags(parser)
     parser.add_argument("--per-style", type=int, default=1000, help="digits rendered in every style")
     parser.add_argument("--styles", nargs="+", choices=sorted(corpus.STYLES), help="default: every registered style")
-    parser.add_argument("--model", default="ensemble")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=64, help="images per request")
     parser.add_argument("--non-digits-per-kind", type=int, default=125, help="synthetic non-digits of each kind (0: none)")
     parser.add_argument("--no-uci", dest="uci", action="store_false", help="skip the UCI 8x8 digits (scikit-learn)")
@@ -267,7 +202,7 @@ def run(args: argparse.Namespace, url: str) -> tuple[list[StyleScore], dict[str,
     started = time.perf_counter()
     scores = []
     with httpx.Client(base_url=url, timeout=120) as http:
-        weights = _model_weights(http)
+        weights = model_weights(http)
         for style in args.styles or list(corpus.STYLES):
             scores.append(score_style(http, style, digits, model=args.model, seed=args.seed, batch=args.batch))
             s = scores[-1]
@@ -295,12 +230,8 @@ def run(args: argparse.Namespace, url: str) -> tuple[list[StyleScore], dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.url:
-        scores, result = run(args, args.url.rstrip("/"))
-    else:
-        log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"realworld-server-{os.getpid()}.log"
-        with serve(args.server_dir.resolve(), log_path) as url:
-            scores, result = run(args, url)
+    with server_url(args, "realworld") as url:
+        scores, result = run(args, url)
     print(table(scores))
     if result["digits_called_not_a_digit"] is not None:
         print(f"\nreal-world digit images called not a digit: {result['digits_called_not_a_digit']:.2%} (target <= 2%)")
