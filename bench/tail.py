@@ -19,7 +19,11 @@ Quantiles of a histogram are interpolated inside its buckets (as Prometheus'
 ``histogram_quantile`` does), so they are as coarse as the buckets. What wrk measures beyond
 the server's duration is time the request spent outside the app: in the socket buffers, the
 listen queue or an event loop busy with other connections. The CPU seconds of each process
-of the tree show how the work fell between the HTTP workers.
+of the tree show how the work fell between the HTTP workers, and the kernel's TCP counters
+(``/proc/net/netstat``, ``/proc/net/snmp``; client and server share the host) over the window
+show connections that waited outside any process: SYNs sent again (``TCPSynRetrans``: a
+retransmitted SYN waits its timeout, 1 s and then 2 s more), handshakes dropped for a full
+accept queue (``ListenOverflows``, ``ListenDrops``) or a full SYN queue (``TCPReqQFullDrop``).
 """
 
 import argparse
@@ -91,6 +95,27 @@ def _window(before: dict[str, Buckets], after: dict[str, Buckets]) -> dict[str, 
     return stages
 
 
+TCP_COUNTERS = ("TcpExt.TCPSynRetrans", "TcpExt.ListenOverflows", "TcpExt.ListenDrops", "TcpExt.TCPReqQFullDrop", "Tcp.RetransSegs")
+
+
+def tcp_counters() -> dict[str, int]:
+    """The host's TCP counters (Linux), as ``Group.Name``; empty where /proc/net does not have them."""
+    counters: dict[str, int] = {}
+    for path in (Path("/proc/net/netstat"), Path("/proc/net/snmp")):
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for header, values in zip(lines[::2], lines[1::2], strict=False):
+            group, *names = header.split()
+            counters |= {f"{group.rstrip(':')}.{name}": int(value) for name, value in zip(names, values.split()[1:], strict=False)}
+    return counters
+
+
+def _counter_window(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {name: after[name] - before[name] for name in TCP_COUNTERS if name in before and name in after}
+
+
 def _cpu_split(server: ServerProcess, before: dict[int, tuple[float, float]]) -> list[float]:
     """CPU seconds each process of the tree spent in the window, largest first."""
     after = server.cpu_by_process()
@@ -136,8 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for round_, settle in itertools.product(range(args.rounds), args.settle):
                     load.run(Job(**{**job.__dict__, "duration_s": args.warmup, "warmup_s": 0.0}))
                     time.sleep(settle)
-                    before, cpu_before = _histograms(metrics.get("/metrics").text), server.cpu_by_process()
+                    before, cpu_before, tcp_before = _histograms(metrics.get("/metrics").text), server.cpu_by_process(), tcp_counters()
                     result = load.run(Job(**{**job.__dict__, "warmup_s": 0.0}))
+                    tcp = _counter_window(tcp_before, tcp_counters())
                     stages = _window(before, _histograms(metrics.get("/metrics").text))
                     wrk = result["latency_ms"] or {}
                     run = {"workers": workers, "round": round_, "settle_s": settle, "requests_per_s": round(result["requests_per_s"], 1)}
@@ -145,13 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     run |= {"wrk_ms": {key: round(wrk[key], 2) for key in ("p50", "p99", "max")} if wrk else None, "server_ms": stages}
                     run["p99_over_p50"] = round(wrk["p99"] / wrk["p50"], 2) if wrk else None
                     run["cpu_s_by_process"] = _cpu_split(server, cpu_before)
+                    run["tcp"] = tcp
                     runs.append(run)
                     print(
                         f"workers {workers} round {round_} settle {settle:g} s: {run['requests_per_s']:7.0f} req/s, "
                         f"errors {run['errors']}, wrk p50 "
                         f"{wrk.get('p50', 0):.0f} ms p99 {wrk.get('p99', 0):.0f} ms ({run['p99_over_p50']}x); server p50 "
                         f"{stages['server']['p50']} ms p99 {stages['server']['p99']} ms; queue p99 {stages['queue_wait']['p99']} ms; "
-                        f"cpu {run['cpu_s_by_process']}"
+                        f"cpu {run['cpu_s_by_process']}; tcp {tcp}"
                     )
             finally:
                 server.stop()

@@ -1,8 +1,11 @@
 """``bench.tail`` reads the server's own latency histograms: quantiles inside buckets, from real exposition text."""
 
+import socket
+import time
+
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from bench.tail import _histograms, _window, histogram_quantile
+from bench.tail import TCP_COUNTERS, _counter_window, _histograms, _window, histogram_quantile, tcp_counters
 
 
 def test_a_quantile_is_interpolated_inside_its_bucket() -> None:
@@ -26,3 +29,24 @@ def test_the_window_is_the_difference_of_two_scrapes_of_the_predict_route() -> N
     assert window["server"]["count"] == 100
     assert 10 < window["server"]["p50"] < 100 and window["server"]["p99"] < 100  # ms, all in the (0.01, 0.1] bucket
     assert window["queue_wait"] == {"p50": None, "p99": None, "count": 0}
+
+
+def test_the_kernel_counts_a_connection_the_server_never_accepted() -> None:
+    """A listening socket whose accept queue (backlog 1) is full: the next handshakes are dropped, and counted."""
+    before = tcp_counters()
+    assert all(name in before for name in TCP_COUNTERS), sorted(set(TCP_COUNTERS) - set(before))
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)  # never accepted: the queue holds one connection
+        clients = [socket.socket() for _ in range(4)]
+        try:
+            for client in clients:
+                client.setblocking(False)
+                client.connect_ex(server.getsockname())
+            time.sleep(1.5)  # the dropped handshakes are retried after 1 s
+        finally:
+            for client in clients:
+                client.close()
+    window = _counter_window(before, tcp_counters())
+    assert window["TcpExt.ListenOverflows"] > 0
+    assert window["TcpExt.TCPSynRetrans"] > 0
