@@ -7,6 +7,8 @@ warm-up and inference must share one thread.
 
 import asyncio
 import logging
+import os
+import signal
 import threading
 import time
 
@@ -80,6 +82,71 @@ async def test_a_request_that_outlives_its_timeout_is_answered_overloaded(monkey
         assert (await handler.predict("resnet", Images.of(np.zeros((2, 1, 28, 28), np.float32)))).probabilities.shape == (2, 10)
     finally:
         await engine.stop()
+
+
+async def test_a_failed_pass_on_a_working_device_fails_only_its_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    forward = ServedModel.forward
+    failing = threading.Event()
+
+    def sometimes_failing_forward(self: ServedModel, images: np.ndarray) -> np.ndarray:
+        if failing.is_set():
+            raise RuntimeError("a bad batch")
+        return forward(self, images)
+
+    monkeypatch.setattr(ServedModel, "forward", sometimes_failing_forward)
+    engine = Engine(Settings(weights_dir=WEIGHTS, warmup_batches=1, torch_threads=1), Metrics())
+    lost: list[str] = []
+    engine.on_device_lost = lost.append
+    await engine.start()
+    try:
+        await engine.warm_up()
+        failing.set()
+        with pytest.raises(RuntimeError, match="a bad batch"):
+            await engine.predict("resnet", np.zeros((1, 1, 28, 28), np.float32))
+        failing.clear()
+        assert (await engine.predict("resnet", np.zeros((2, 1, 28, 28), np.float32))).shape == (2, 10)
+        assert engine.status().ready and lost == []
+    finally:
+        await engine.stop()
+
+
+async def test_a_device_that_fails_turns_the_engine_unready_and_stops_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sticky CUDA error, simulated: the pass raises and the device check that follows fails too."""
+    forward = ServedModel.forward
+    broken = threading.Event()
+
+    def forward_on_a_device_that_may_break(self: ServedModel, images: np.ndarray) -> np.ndarray:
+        if broken.is_set():
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return forward(self, images)
+
+    monkeypatch.setattr(ServedModel, "forward", forward_on_a_device_that_may_break)
+    monkeypatch.setattr(engine_module, "device_failure", lambda device: "CUDA error: an illegal memory access was encountered")
+    engine = Engine(Settings(weights_dir=WEIGHTS, warmup_batches=1, torch_threads=1), Metrics())
+    lost: list[str] = []
+    engine.on_device_lost = lost.append
+    await engine.start()
+    try:
+        await engine.warm_up()
+        broken.set()
+        with pytest.raises(Overloaded, match=r"device failed \(CUDA error: an illegal memory access") as first:
+            await engine.predict("resnet", np.zeros((1, 1, 28, 28), np.float32))
+        assert first.value.retry_after_s > 0
+        assert lost == ["CUDA error: an illegal memory access was encountered"]
+        status = engine.status()
+        assert not status.ready and "can run no more passes" in status.detail
+        with pytest.raises(Overloaded, match="the service is restarting"):  # later passes are not tried on the dead device
+            await engine.predict("inception", np.zeros((1, 1, 28, 28), np.float32))
+        assert len(lost) == 1
+    finally:
+        await engine.stop()
+
+
+def test_stopping_this_process_is_the_graceful_sigterm(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    engine_module.stop_this_process("CUDA error")
+    assert sent == [(os.getpid(), signal.SIGTERM)]
 
 
 def test_readiness_follows_warm_up_and_draining() -> None:

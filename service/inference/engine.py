@@ -11,12 +11,18 @@ A pass gets the cores the HTTP workers leave free (``Settings.inference_threads`
 its size: a pass given every core ran up to ten times slower whenever another process held
 one of them (OpenMP's team waits for its preempted thread at each barrier;
 bench/results/threads-2core.json).
+
+A pass that fails fails only its batch; when the device itself has failed (a sticky CUDA
+error, ``loader.device_failure``), the engine turns unready, answers every later pass 503,
+and stops its process with SIGTERM: the supervisor starts a new inference process (several
+workers), or the orchestrator a new container (one), each with a fresh device.
 """
 
 import asyncio
 import dataclasses
 import functools
 import logging
+import os
 import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,16 +35,23 @@ from core.preprocess import PREPROCESSING_VERSION
 from core.spec import INPUT_SHAPE
 from models.checkpoint import CheckpointError
 from service.config import Settings
-from service.errors import LoadRefused, ModelUnloaded
+from service.errors import LoadRefused, ModelUnloaded, Overloaded
 from service.inference.backend import BackendStatus
 from service.inference.batching import DynamicBatcher
-from service.inference.loader import ServedModel, load_models, select_device
+from service.inference.loader import ServedModel, device_failure, load_models, select_device
 from service.inference.repository import RepositoryEntry, changed, verify_smoke
 from service.metrics import Metrics
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "stop_this_process"]
 
 log = logging.getLogger(__name__)
+
+DEVICE_LOST_RETRY_S = 5  # Retry-After once the device has failed: about what a restart takes
+
+
+def stop_this_process(reason: str) -> None:
+    """The graceful stop a SIGTERM starts (readiness off, requests in flight answered, exit)."""
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Engine:
@@ -59,6 +72,8 @@ class Engine:
         self._loading = asyncio.Lock()
         self.ready = False
         self.draining = False
+        self.device_lost: str | None = None  # why the device failed, once it has
+        self.on_device_lost: Callable[[str], None] = stop_this_process
         for name, model in self.models.items():
             if metrics is not None:
                 metrics.observe_model(name, model.sha256, str(self.device))
@@ -156,9 +171,26 @@ class Engine:
         return RepositoryEntry(name, "READY", "", model.sha256)
 
     def _forward(self, name: str, images: np.ndarray) -> np.ndarray:
-        return self.models[name].forward(images)
+        """On the inference thread: one pass; a failure that leaves the device unusable stops the process."""
+        if self.device_lost is not None:
+            raise Overloaded(self._lost_detail(), retry_after_s=DEVICE_LOST_RETRY_S)
+        try:
+            return self.models[name].forward(images)
+        except Exception:
+            failure = device_failure(self.device)
+            if failure is None:  # the device still works: only this batch failed
+                raise
+            self.device_lost = failure
+            log.critical("%s: stopping this process so that it restarts with a fresh device", self._lost_detail())
+            self.on_device_lost(failure)
+            raise Overloaded(self._lost_detail(), retry_after_s=DEVICE_LOST_RETRY_S) from None
+
+    def _lost_detail(self) -> str:
+        return f"the {self.device} device failed ({self.device_lost}) and can run no more passes; the service is restarting"
 
     def status(self) -> BackendStatus:
+        if self.device_lost is not None:
+            return BackendStatus(False, self.draining, self._lost_detail(), self.weights_generation)
         detail = ", ".join(self.models) if self.ready else "the models are still warming up"
         return BackendStatus(
             ready=self.ready and not self.draining, draining=self.draining, detail=detail, weights_generation=self.weights_generation

@@ -176,6 +176,23 @@ class ServedModel:
             return _normalised(self.module, batch).float().cpu().numpy()
 
 
+def device_failure(device: torch.device) -> str | None:
+    """Why ``device`` can run no more passes, or None when it still can.
+
+    A CUDA error raised by a kernel (an illegal address, a device-side assert, a lost GPU) is
+    sticky: every later call in the process fails the same way, so a failed pass on CUDA is
+    followed by a synchronisation and a tiny kernel to tell a dead device from a bad batch.
+    """
+    if device.type != "cuda":
+        return None
+    try:
+        torch.cuda.synchronize(device)
+        torch.ones(1, device=device).add_(1).item()
+    except Exception as exc:  # torch.AcceleratorError, RuntimeError: whatever the driver reports
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return None
+
+
 def load_models(weights_dir: Path, device: torch.device, threads: int = 1) -> dict[str, ServedModel]:
     members = {name: load_classifier(weights_dir, name) for name in ARCHITECTURES}
     served = {
