@@ -7,7 +7,7 @@
     python -m bench.peer --peers triton --models resnet --concurrency 1 32 --duration 5
 
 Only the server around the model differs. Each peer's model is this service's own code:
-the same checkpoints and calibration (``service.inference.loader``), the same torch thread
+the same checkpoints, calibration and traced pass (``service.inference.loader``), the same torch thread
 count and the same maximum batch size.
 
 - **LitServe** (``python -m bench.peer --serve-litserve MODEL``, started by this script): a
@@ -75,6 +75,7 @@ class DigitsAPI(ls.LitAPI):  # type: ignore[misc]
     def setup(self, device: str) -> None:
         models = load_models(self.settings.weights_dir, torch.device("cpu"), self.settings.inference_threads())
         self.model: ServedModel = models[self.model_name]
+        self.model.trace()  # the traced pass, as this service's engine runs it
 
     def decode_request(self, request: dict[str, Any]) -> np.ndarray:
         (text,) = request["images"]
@@ -119,6 +120,7 @@ def serve_triton(model_name: str, workers: int, max_queue_delay_us: int) -> None
 
     settings = Settings(workers=workers)
     model = load_models(settings.weights_dir, torch.device("cpu"), settings.inference_threads())[model_name]
+    model.trace()  # the traced pass, as this service's engine runs it
 
     @batch  # type: ignore[untyped-decorator]
     def infer(input: np.ndarray) -> dict[str, np.ndarray]:
