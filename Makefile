@@ -48,7 +48,7 @@ test: $(BIN)/.installed-dev $(CHROMIUM) $(WRK) lint typecheck
 # Both recipes train from a fresh initialisation; these are the commands recorded in weights/*.json.
 train: $(BIN)/.installed-dev
 	$(BIN)/python -m models.train --arch resnet --data-dir $(DATA_DIR) --no-download --threads 1 --workers 2
-	$(BIN)/python -m models.train --arch inception --data-dir $(DATA_DIR) --no-download --threads 1 --workers 2
+	$(BIN)/python -m models.train --arch inception --data-dir $(DATA_DIR) --no-download --threads 1
 
 # bench.peer's Triton: PyTriton in a venv on the distribution's python3.11 (its stub links that
 # libpython), with this project's venv on its path for torch and the service's code.
