@@ -125,3 +125,13 @@ def test_is_digit_threshold_rejects_non_digits_and_accepts_digits(
     assert accepted.mean() >= 0.99, f"{name}: {100 * accepted.mean():.1f}% of the first 500 test digits accepted"
     rejected = ~is_digit(predict(served[name], evaluation_nondigits).numpy(), threshold, score, temperature)
     assert rejected.mean() >= 0.90, f"{name}: {100 * rejected.mean():.1f}% of non-digits rejected"
+
+
+@pytest.mark.parametrize("name", SERVED_MODELS)
+def test_the_piece_threshold_lets_nearly_every_digit_through(probabilities: dict[str, torch.Tensor], name: str) -> None:
+    """A piece of a written number is held to a lower bar than an image: >= 99.7% of the test digits pass it."""
+    block = json.loads((WEIGHTS / f"{name}.json").read_text())["is_digit"]
+    assert block["piece_threshold"] < block["threshold"]
+    assert block["validation"]["digits_rejected_as_pieces"] <= 0.0005
+    passed = is_digit(probabilities[name].numpy(), block["piece_threshold"], block["score"], block["temperature"])
+    assert passed.mean() >= 0.997, f"{name}: {100 * passed.mean():.2f}% of the test digits pass as pieces"
