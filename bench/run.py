@@ -420,6 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     served = load_models(args.weights_dir, device, threads)
     inputs = test_images[: max(BATCH_SIZES), None].astype(np.float32) / 255
     measured = [served[m] for m in plan.models]
+    for served_model in measured:
+        served_model.trace()  # the pass the engine runs on the CPU
     found = measure_limits(measured, inputs, warmup_s=plan.limit_warmup_s, measure_s=plan.limit_measure_s)
     limits = [asdict(limit) for limit in found]
     # The batch-256 target is held against the machine's own limit: every core on the forward pass.

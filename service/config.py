@@ -78,6 +78,11 @@ class Settings(BaseSettings):
         Python work that would otherwise compete with torch's threads for the same cores."""
         return self.torch_threads or max(1, (os.cpu_count() or 1) - self.workers)
 
+    def spare_passes(self, device_type: str) -> int:
+        """Passes of large requests' batches that may run beside the main one, a torch thread
+        each, on the cores left to HTTP (``service.inference.batching``); none on a GPU."""
+        return 0 if device_type != "cpu" else max(0, (os.cpu_count() or 1) - self.inference_threads())
+
     def batch_limit(self, device_type: str) -> int:
         """A GPU pass costs about the same from 1 to thousands of images; a CPU pass grows with the batch."""
         return self.max_batch_size or (2048 if device_type == "cuda" else 128)

@@ -15,7 +15,7 @@ from service.config import Settings
 from service.connections import Departure
 from service.errors import Overloaded
 from service.handler import DigitClassifier, Images
-from service.inference.batching import DynamicBatcher
+from service.inference.batching import DynamicBatcher, SparePasses
 
 
 class RecordingForward:
@@ -87,6 +87,53 @@ async def test_large_request_is_split_into_max_size_passes(executor: ThreadPoolE
     assert result[:, 0].tolist() == [float(v) for v in range(20)]
     assert forward.sizes == [8, 8, 4]
     await batcher.stop()
+
+
+class TimedForward:
+    """Records each pass's thread and [start, end) interval; each pass takes ``delay_s``."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.passes: list[tuple[str, float, float, int]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        time.sleep(self.delay_s)
+        with self.lock:
+            self.passes.append((threading.current_thread().name, started, time.perf_counter(), len(images)))
+        return np.zeros((len(images), 10), np.float32)
+
+
+async def _spare_run(count: int, per_request: int) -> list[tuple[str, float, float, int]]:
+    """``count`` requests of ``per_request`` images at once, passes of at most 32, one spare pass allowed."""
+    forward = TimedForward(0.05)
+    with ThreadPoolExecutor(1, "main") as main, ThreadPoolExecutor(1, "spare") as spare:
+        batcher = DynamicBatcher(
+            "m", forward, main, max_batch_size=32, max_wait_s=0.0, max_queue_images=4096, spare=SparePasses(forward, spare, 1)
+        )
+        batcher.start()
+        try:
+            await asyncio.gather(*(batcher.predict(images(*range(per_request))) for _ in range(count)))
+        finally:
+            await batcher.stop()
+    return forward.passes
+
+
+async def test_large_requests_run_a_spare_pass_beside_the_main_one() -> None:
+    passes = await _spare_run(2, 64)  # 2 requests x 2 full chunks: 4 passes of 32
+    assert sorted(size for *_, size in passes) == [32, 32, 32, 32]
+    threads = [thread for thread, *_ in passes]
+    assert any(t.startswith("spare") for t in threads) and any(t.startswith("main") for t in threads)
+    main = [(start, end) for thread, start, end, _ in passes if thread.startswith("main")]
+    spare = [(start, end) for thread, start, end, _ in passes if thread.startswith("spare")]
+    assert any(s0 < m1 and m0 < s1 for m0, m1 in main for s0, s1 in spare), "a spare pass ran beside a main one"
+
+
+async def test_many_small_requests_never_take_a_spare_pass() -> None:
+    passes = await _spare_run(96, 1)  # full batches, but of 32 requests each: the HTTP side is busy
+    assert sum(size for *_, size in passes) == 96
+    assert all(thread.startswith("main") for thread, *_ in passes)
 
 
 async def test_full_queue_is_refused(executor: ThreadPoolExecutor) -> None:

@@ -38,9 +38,9 @@ async def test_torch_work_stays_in_the_inference_thread(monkeypatch: pytest.Monk
         calls.append((threading.current_thread().name, 0))
         return load_models(*args)  # type: ignore[arg-type]
 
-    def recording_forward(self: ServedModel, images: np.ndarray) -> np.ndarray:
+    def recording_forward(self: ServedModel, images: np.ndarray, threads: int | None = None) -> np.ndarray:
         calls.append((threading.current_thread().name, len(images)))
-        return forward(self, images)
+        return forward(self, images, threads)
 
     monkeypatch.setattr(engine_module, "load_models", recording_load)
     monkeypatch.setattr(ServedModel, "forward", recording_forward)
@@ -62,10 +62,10 @@ async def test_a_request_that_outlives_its_timeout_is_answered_overloaded(monkey
     forward = ServedModel.forward
     slow = threading.Event()
 
-    def sometimes_slow_forward(self: ServedModel, images: np.ndarray) -> np.ndarray:
+    def sometimes_slow_forward(self: ServedModel, images: np.ndarray, threads: int | None = None) -> np.ndarray:
         if slow.is_set():
             time.sleep(0.3)
-        return forward(self, images)
+        return forward(self, images, threads)
 
     monkeypatch.setattr(ServedModel, "forward", sometimes_slow_forward)
     settings = Settings(weights_dir=WEIGHTS, warmup_batches=1, request_timeout_s=0.1, torch_threads=1)
@@ -88,10 +88,10 @@ async def test_a_failed_pass_on_a_working_device_fails_only_its_batch(monkeypatc
     forward = ServedModel.forward
     failing = threading.Event()
 
-    def sometimes_failing_forward(self: ServedModel, images: np.ndarray) -> np.ndarray:
+    def sometimes_failing_forward(self: ServedModel, images: np.ndarray, threads: int | None = None) -> np.ndarray:
         if failing.is_set():
             raise RuntimeError("a bad batch")
-        return forward(self, images)
+        return forward(self, images, threads)
 
     monkeypatch.setattr(ServedModel, "forward", sometimes_failing_forward)
     engine = Engine(Settings(weights_dir=WEIGHTS, warmup_batches=1, torch_threads=1), Metrics())
@@ -115,10 +115,10 @@ async def test_a_device_that_fails_turns_the_engine_unready_and_stops_the_proces
     forward = ServedModel.forward
     broken = threading.Event()
 
-    def forward_on_a_device_that_may_break(self: ServedModel, images: np.ndarray) -> np.ndarray:
+    def forward_on_a_device_that_may_break(self: ServedModel, images: np.ndarray, threads: int | None = None) -> np.ndarray:
         if broken.is_set():
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return forward(self, images)
+        return forward(self, images, threads)
 
     monkeypatch.setattr(ServedModel, "forward", forward_on_a_device_that_may_break)
     monkeypatch.setattr(engine_module, "device_failure", lambda device: "CUDA error: an illegal memory access was encountered")

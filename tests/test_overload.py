@@ -223,11 +223,11 @@ class FailNextPass:
         self.armed = False
         forward = ServedModel.forward
 
-        def forward_or_fail(model: ServedModel, images: np.ndarray) -> np.ndarray:
+        def forward_or_fail(model: ServedModel, images: np.ndarray, threads: int | None = None) -> np.ndarray:
             if self.armed:
                 self.armed = False
                 raise RuntimeError(f"injected fault in a forward pass of {model.name} ({len(images)} images)")
-            return forward(model, images)
+            return forward(model, images, threads)
 
         monkeypatch.setattr(ServedModel, "forward", forward_or_fail)
 

@@ -4,6 +4,12 @@ A fixed batching delay adds latency to every request at low load, so a batch is
 dispatched as soon as the model is free; requests that arrive while a forward pass runs
 queue up and form the next, larger batch. ``max_wait_s`` (default 0) optionally holds a
 free model a little longer to let a batch fill.
+
+Compute follows the load: when the queue holds full batches made of large requests' chunks
+(at most ``LARGE_REQUEST_CHUNKS`` requests in a batch), the HTTP side has little to do, so
+up to ``SparePasses.limit`` more such batches run at the same time on spare threads of one
+torch thread each, on the cores the HTTP side would otherwise hold. Batches of many small
+requests never do: under a flood of single images those cores parse HTTP.
 """
 
 import asyncio
@@ -21,7 +27,7 @@ import numpy as np
 from service import tracing
 from service.errors import Overloaded
 
-__all__ = ["BatchObserver", "BatchStats", "DynamicBatcher", "Forward"]
+__all__ = ["LARGE_REQUEST_CHUNKS", "BatchObserver", "BatchStats", "DynamicBatcher", "Forward", "SparePasses"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,18 @@ class BatchObserver(Protocol):
 Forward = Callable[[np.ndarray], np.ndarray]
 """A pass over N x 1 x 28 x 28 images -> N x 10 probabilities."""
 
+LARGE_REQUEST_CHUNKS = 2  # a full batch of at most this many queued chunks comes from large requests
+MIN_SPARE_BATCH = 32  # a smaller pass is not worth a thread: passes of 32 run near the limit of 128 (bench/results)
+
+
+@dataclass(frozen=True)
+class SparePasses:
+    """Where passes beside the main one run: ``forward`` on ``executor``, at most ``limit`` at a time."""
+
+    forward: Forward
+    executor: Executor
+    limit: int
+
 
 class DynamicBatcher:
     """Queues images for one model and runs them in batches on ``executor``."""
@@ -70,10 +88,12 @@ class DynamicBatcher:
         max_wait_s: float,
         max_queue_images: int,
         observer: BatchObserver | None = None,
+        spare: SparePasses | None = None,
     ) -> None:
         self.name = name
         self._forward = forward
         self._executor = executor
+        self._spare = spare
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue_images = max_queue_images
@@ -134,6 +154,18 @@ class DynamicBatcher:
         if self._observer is not None:
             self._observer.observe_queue(self.name, images)
 
+    def _large_batch_waits(self) -> bool:
+        """Whether the queue's head is a full batch of at most LARGE_REQUEST_CHUNKS live chunks."""
+        size = chunks = 0
+        for item in self._queue:
+            if item.future.done():
+                continue
+            size += len(item.images)
+            chunks += 1
+            if size >= self.max_batch_size or chunks > LARGE_REQUEST_CHUNKS:
+                break
+        return size == self.max_batch_size and chunks <= LARGE_REQUEST_CHUNKS
+
     def _take_batch(self) -> list[_Item]:
         batch: list[_Item] = []
         size = 0
@@ -155,20 +187,27 @@ class DynamicBatcher:
                 await self._wakeup.wait()
             if self.max_wait_s > 0 and self._queued_images < self.max_batch_size:
                 await asyncio.sleep(self.max_wait_s)
+            large = self._spare is not None and self.max_batch_size >= MIN_SPARE_BATCH and self._large_batch_waits()
             batch = self._take_batch()
-            if batch:
-                await self._run_batch(batch)
+            if not batch:
+                continue
+            passes = [self._run_batch(batch)]
+            while large and self._spare is not None and len(passes) <= self._spare.limit and self._large_batch_waits():
+                passes.append(self._run_batch(self._take_batch(), self._spare))
+            await (passes[0] if len(passes) == 1 else asyncio.gather(*passes))
 
-    def _forward_chunks(self, chunks: list[np.ndarray]) -> np.ndarray:
-        """Runs in the executor: one pass over every chunk of the batch."""
-        return self._forward(chunks[0] if len(chunks) == 1 else np.concatenate(chunks))
+    @staticmethod
+    def _joined(chunks: list[np.ndarray]) -> np.ndarray:
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
-    async def _run_batch(self, batch: list[_Item]) -> None:
+    async def _run_batch(self, batch: list[_Item], spare: SparePasses | None = None) -> None:
+        """One pass over the batch: on the main executor, or on a spare one."""
         size = sum(len(item.images) for item in batch)
         started = time.perf_counter()
+        forward, executor = (spare.forward, spare.executor) if spare else (self._forward, self._executor)
         try:
             chunks = [item.images for item in batch]
-            probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self._forward_chunks, chunks)
+            probabilities = await asyncio.get_running_loop().run_in_executor(executor, lambda: forward(self._joined(chunks)))
         except Exception as exc:  # a failed forward fails only this batch's requests
             log.exception("forward pass of %s failed for a batch of %d images", self.name, size)
             for item in batch:

@@ -5,7 +5,9 @@ warm-up passes through the real batching path, and false again the moment shutdo
 begins. All torch work (loading, warm-up, CUDA-graph capture, passes) runs in one
 inference thread: each thread that runs a parallel torch op gets an OpenMP team of its
 own, and two teams on a small machine slow a batch-1 pass several times
-(tests/test_engine.py checks the thread).
+(tests/test_engine.py checks the thread). The one exception holds no team: the spare
+passes of large requests' batches (``service.inference.batching``), on threads that run
+torch with one thread each, on the cores left to HTTP.
 
 A pass gets the cores the HTTP workers leave free (``Settings.inference_threads``), whatever
 its size: a pass given every core ran up to ten times slower whenever another process held
@@ -37,7 +39,7 @@ from models.checkpoint import CheckpointError
 from service.config import Settings
 from service.errors import LoadRefused, ModelUnloaded, Overloaded
 from service.inference.backend import BackendStatus
-from service.inference.batching import DynamicBatcher
+from service.inference.batching import DynamicBatcher, SparePasses
 from service.inference.loader import ServedModel, device_failure, load_models, select_device
 from service.inference.repository import RepositoryEntry, changed, verify_smoke
 from service.metrics import Metrics
@@ -63,6 +65,10 @@ class Engine:
         self.max_batch_size = settings.batch_limit(self.device.type)
         self._metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._spare_passes = settings.spare_passes(self.device.type)
+        self._spare_executor = (
+            ThreadPoolExecutor(max_workers=self._spare_passes, thread_name_prefix="inference-spare") if self._spare_passes else None
+        )
         self.models: dict[str, ServedModel] = self._executor.submit(
             load_models, settings.weights_dir, self.device, settings.inference_threads()
         ).result()
@@ -88,6 +94,7 @@ class Engine:
                 max_wait_s=self.settings.max_batch_wait_ms / 1000,
                 max_queue_images=self.settings.queue_limit(self.device.type),
                 observer=self._metrics,
+                spare=self._spare(name),
             )
             batcher.start()
             self.batchers[name] = batcher
@@ -170,12 +177,18 @@ class Engine:
             return RepositoryEntry(name, "UNAVAILABLE", "warming up", model.sha256)
         return RepositoryEntry(name, "READY", "", model.sha256)
 
-    def _forward(self, name: str, images: np.ndarray) -> np.ndarray:
-        """On the inference thread: one pass; a failure that leaves the device unusable stops the process."""
+    def _spare(self, name: str) -> SparePasses | None:
+        if self._spare_executor is None:
+            return None
+        forward = functools.partial(self._forward, name, threads=1)
+        return SparePasses(forward, self._spare_executor, self._spare_passes)
+
+    def _forward(self, name: str, images: np.ndarray, threads: int | None = None) -> np.ndarray:
+        """On the inference thread (or a spare one): one pass; a failure that leaves the device unusable stops the process."""
         if self.device_lost is not None:
             raise Overloaded(self._lost_detail(), retry_after_s=DEVICE_LOST_RETRY_S)
         try:
-            return self.models[name].forward(images)
+            return self.models[name].forward(images, threads)
         except Exception:
             failure = device_failure(self.device)
             if failure is None:  # the device still works: only this batch failed
@@ -242,3 +255,5 @@ class Engine:
         for batcher in self.batchers.values():
             await batcher.stop()
         self._executor.shutdown(wait=True)
+        if self._spare_executor is not None:
+            self._spare_executor.shutdown(wait=True)

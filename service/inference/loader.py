@@ -164,11 +164,12 @@ class ServedModel:
             self.traced = None
             log.warning("tracing failed for %s, serving it with eager passes: %s", self.name, exc)
 
-    def forward(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities for N x 1 x 28 x 28 float32 intensities in [0, 1]; runs in the engine's one torch thread."""
+    def forward(self, images: np.ndarray, threads: int | None = None) -> np.ndarray:
+        """Probabilities for N x 1 x 28 x 28 float32 intensities in [0, 1], on ``threads`` torch threads
+        (default: the model's); runs in the engine's inference thread, or a spare one (one thread)."""
         if self.graphs is not None:
             return self.graphs(images)
-        torch.set_num_threads(self.threads)  # OpenMP keeps this per calling thread: set it where the pass runs
+        torch.set_num_threads(threads or self.threads)  # OpenMP keeps this per calling thread: set it where the pass runs
         with torch.inference_mode():
             batch = torch.from_numpy(np.require(images, np.float32, ["C", "W"])).to(self.device, non_blocking=True)
             if self.traced is not None:
