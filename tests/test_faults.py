@@ -28,7 +28,8 @@ from tests.conftest import LiveServer, png_bytes, start_server, stop_server, str
 ONE = png_bytes(stroke_digit_one())
 Files = list[tuple[str, tuple[str, bytes, str]]]
 ONE_FILES: Files = [("files", ("one.png", ONE, "image/png"))]
-HEAVY_FILES: Files = [("files", (f"one-{i}.png", ONE, "image/png")) for i in range(256)]  # two forward passes of 128 on a CPU
+# Four chunks of 128 on a CPU: with a spare pass beside the main one, two of them still wait in the queue.
+HEAVY_FILES: Files = [("files", (f"one-{i}.png", ONE, "image/png")) for i in range(512)]
 HEARTBEAT_TIMEOUT_S = 2.0
 CLIENTS = 8
 
@@ -278,7 +279,7 @@ async def test_a_killed_inference_process_is_503_retry_after_until_it_is_back(tr
         httpx.AsyncClient(base_url=tree.url, timeout=10) as probe,
     ):
         deadline = time.monotonic() + 10
-        # Until a heavy request is half done: its second pass of 128 waits in the inference process.
+        # Until a heavy request's later chunks wait in the inference process.
         while await asyncio.to_thread(queued_images, tree, "inception") == 0:
             assert time.monotonic() < deadline, "the inference process never had a queue"
         old.kill()
