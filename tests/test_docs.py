@@ -110,3 +110,15 @@ def test_the_is_digit_tables_are_the_committed_metadata(name: str) -> None:
     assert row is not None, f"docs/training.md's is_digit table has no row for {name} with its threshold"
     for rate in (validation["digits_rejected"], validation["non_digits_rejected"], test["digits_rejected"], test["non_digits_rejected"]):
         assert f"{100 * rate:.1f}%" in row.replace("**", "") or f"{100 * rate:.2f}%" in row, f"{name}: {rate} not in {row}"
+
+
+@pytest.mark.parametrize("name", ["inception", "resnet", "ensemble"])
+def test_the_piece_threshold_table_is_the_committed_metadata(name: str) -> None:
+    rule = _json(f"weights/{name}.json")["is_digit"]
+    training = (ROOT / "docs" / "training.md").read_text()
+    row = next((line for line in training.splitlines() if line.startswith(f"| {name} | {rule['piece_threshold']:.3f} |")), None)
+    assert row is not None, f"docs/training.md's piece_threshold table has no row for {name} with its threshold"
+    for split in ("validation", "test"):
+        for key in ("digits_rejected_as_pieces", "non_digits_rejected_as_pieces"):
+            rate = rule[split][key]
+            assert f"{100 * rate:.1f}%" in row or f"{100 * rate:.2f}%" in row, f"{name}: {split} {key} {rate} not in {row}"

@@ -27,7 +27,7 @@ import numpy as np
 from service import tracing
 from service.errors import Overloaded
 
-__all__ = ["LARGE_REQUEST_CHUNKS", "BatchObserver", "BatchStats", "DynamicBatcher", "Forward", "SparePasses"]
+__all__ = ["BatchObserver", "BatchStats", "DynamicBatcher", "Forward", "SparePasses"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ Forward = Callable[[np.ndarray], np.ndarray]
 """A pass over N x 1 x 28 x 28 images -> N x 10 probabilities."""
 
 LARGE_REQUEST_CHUNKS = 2  # a full batch of at most this many queued chunks comes from large requests
-MIN_SPARE_BATCH = 32  # a smaller pass is not worth a thread: passes of 32 run near the limit of 128 (bench/results)
+MIN_SPARE_BATCH = 32  # smaller passes are not worth a thread; 32 images run at 77-96% of 128's rate (bench/results/cpu-2core-run1.json)
 
 
 @dataclass(frozen=True)
@@ -187,14 +187,14 @@ class DynamicBatcher:
                 await self._wakeup.wait()
             if self.max_wait_s > 0 and self._queued_images < self.max_batch_size:
                 await asyncio.sleep(self.max_wait_s)
-            large = self._spare is not None and self.max_batch_size >= MIN_SPARE_BATCH and self._large_batch_waits()
+            spare = self._spare if self._spare and self.max_batch_size >= MIN_SPARE_BATCH and self._large_batch_waits() else None
             batch = self._take_batch()
             if not batch:
                 continue
             passes = [self._run_batch(batch)]
-            while large and self._spare is not None and len(passes) <= self._spare.limit and self._large_batch_waits():
-                passes.append(self._run_batch(self._take_batch(), self._spare))
-            await (passes[0] if len(passes) == 1 else asyncio.gather(*passes))
+            while spare is not None and len(passes) <= spare.limit and self._large_batch_waits():
+                passes.append(self._run_batch(self._take_batch(), spare))
+            await asyncio.gather(*passes)
 
     @staticmethod
     def _joined(chunks: list[np.ndarray]) -> np.ndarray:
