@@ -13,7 +13,8 @@ Each served model's score, temperature and threshold are fitted on validation da
 are the pair that then rejects the most validation non-digits (``models.nondigits``).
 
 A piece of a written number (``POST /read``) is held to a lower bar, ``piece_threshold``: the
-largest that rejects at most ``MAX_PIECE_DIGITS_REJECTED`` (0.05%) of the validation digits.
+largest that rejects at most ``MAX_PIECE_DIGITS_REJECTED`` (0.05%) of the validation digits
+(and twice that of the synthesised ones).
 Segmentation has already found ink of a digit's height there, and a digit dropped from a
 number costs the whole reading (docs/evaluation.md, "Written numbers", measures both bars on
 numbers of training digits: ``python -m evaluation.numbers --split train``).
@@ -106,7 +107,7 @@ class DigitRule:
 
     @classmethod
     def of(cls, card: Mapping[str, Any]) -> "DigitRule":
-        """Metadata fitted before pieces had their own threshold hold them to the image's."""
+        """Metadata without a ``piece_threshold`` holds pieces to the image's threshold."""
         block = card["is_digit"]
         threshold = float(block["threshold"])
         return cls(block["score"], float(block["temperature"]), threshold, float(block.get("piece_threshold", threshold)))
