@@ -6,11 +6,13 @@ warm-up and inference must share one thread.
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -84,50 +86,50 @@ async def test_a_request_that_outlives_its_timeout_is_answered_overloaded(monkey
         await engine.stop()
 
 
-async def test_a_failed_pass_on_a_working_device_fails_only_its_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+def fail_passes_while_set(monkeypatch: pytest.MonkeyPatch, message: str) -> threading.Event:
+    """Every pass raises ``RuntimeError(message)`` while the returned event is set."""
     forward = ServedModel.forward
-    failing = threading.Event()
+    armed = threading.Event()
 
-    def sometimes_failing_forward(self: ServedModel, images: np.ndarray, threads: int | None = None) -> np.ndarray:
-        if failing.is_set():
-            raise RuntimeError("a bad batch")
+    def maybe_failing_forward(self: ServedModel, images: np.ndarray, threads: int | None = None) -> np.ndarray:
+        if armed.is_set():
+            raise RuntimeError(message)
         return forward(self, images, threads)
 
-    monkeypatch.setattr(ServedModel, "forward", sometimes_failing_forward)
+    monkeypatch.setattr(ServedModel, "forward", maybe_failing_forward)
+    return armed
+
+
+@contextlib.asynccontextmanager
+async def warm_engine() -> AsyncIterator[tuple[Engine, list[str]]]:
+    """A started, warmed engine, and the reasons it reported its device lost (it does not stop this process)."""
     engine = Engine(Settings(weights_dir=WEIGHTS, warmup_batches=1, torch_threads=1), Metrics())
     lost: list[str] = []
     engine.on_device_lost = lost.append
     await engine.start()
     try:
         await engine.warm_up()
+        yield engine, lost
+    finally:
+        await engine.stop()
+
+
+async def test_a_failed_pass_on_a_working_device_fails_only_its_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    failing = fail_passes_while_set(monkeypatch, "a bad batch")
+    async with warm_engine() as (engine, lost):
         failing.set()
         with pytest.raises(RuntimeError, match="a bad batch"):
             await engine.predict("resnet", np.zeros((1, 1, 28, 28), np.float32))
         failing.clear()
         assert (await engine.predict("resnet", np.zeros((2, 1, 28, 28), np.float32))).shape == (2, 10)
         assert engine.status().ready and lost == []
-    finally:
-        await engine.stop()
 
 
 async def test_a_device_that_fails_turns_the_engine_unready_and_stops_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """A sticky CUDA error, simulated: the pass raises and the device check that follows fails too."""
-    forward = ServedModel.forward
-    broken = threading.Event()
-
-    def forward_on_a_device_that_may_break(self: ServedModel, images: np.ndarray, threads: int | None = None) -> np.ndarray:
-        if broken.is_set():
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return forward(self, images, threads)
-
-    monkeypatch.setattr(ServedModel, "forward", forward_on_a_device_that_may_break)
+    broken = fail_passes_while_set(monkeypatch, "CUDA error: an illegal memory access was encountered")
     monkeypatch.setattr(engine_module, "device_failure", lambda device: "CUDA error: an illegal memory access was encountered")
-    engine = Engine(Settings(weights_dir=WEIGHTS, warmup_batches=1, torch_threads=1), Metrics())
-    lost: list[str] = []
-    engine.on_device_lost = lost.append
-    await engine.start()
-    try:
-        await engine.warm_up()
+    async with warm_engine() as (engine, lost):
         broken.set()
         with pytest.raises(Overloaded, match=r"device failed \(CUDA error: an illegal memory access") as first:
             await engine.predict("resnet", np.zeros((1, 1, 28, 28), np.float32))
@@ -138,8 +140,6 @@ async def test_a_device_that_fails_turns_the_engine_unready_and_stops_the_proces
         with pytest.raises(Overloaded, match="the service is restarting"):  # later passes are not tried on the dead device
             await engine.predict("inception", np.zeros((1, 1, 28, 28), np.float32))
         assert len(lost) == 1
-    finally:
-        await engine.stop()
 
 
 def test_stopping_this_process_is_the_graceful_sigterm(monkeypatch: pytest.MonkeyPatch) -> None:
