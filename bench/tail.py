@@ -23,7 +23,9 @@ of the tree show how the work fell between the HTTP workers, and the kernel's TC
 (``/proc/net/netstat``, ``/proc/net/snmp``; client and server share the host) over the window
 show connections that waited outside any process: SYNs sent again (``TCPSynRetrans``: a
 retransmitted SYN waits its timeout, 1 s and then 2 s more), handshakes dropped for a full
-accept queue (``ListenOverflows``, ``ListenDrops``) or a full SYN queue (``TCPReqQFullDrop``).
+accept queue (``ListenOverflows``, ``ListenDrops``) or a full SYN queue (``TCPReqQFullDrop``),
+and of the segments sent again (``RetransSegs``), those after a retransmission timeout
+(``TCPTimeouts``) and those that were tail-loss probes (``TCPLossProbes``).
 """
 
 import argparse
@@ -95,7 +97,15 @@ def _window(before: dict[str, Buckets], after: dict[str, Buckets]) -> dict[str, 
     return stages
 
 
-TCP_COUNTERS = ("TcpExt.TCPSynRetrans", "TcpExt.ListenOverflows", "TcpExt.ListenDrops", "TcpExt.TCPReqQFullDrop", "Tcp.RetransSegs")
+TCP_COUNTERS = (
+    "TcpExt.TCPSynRetrans",
+    "TcpExt.ListenOverflows",
+    "TcpExt.ListenDrops",
+    "TcpExt.TCPReqQFullDrop",
+    "Tcp.RetransSegs",
+    "TcpExt.TCPTimeouts",  # retransmission timeouts: the sender waited 200 ms or more
+    "TcpExt.TCPLossProbes",  # tail-loss probes: sent again after a few ms, at no cost to the first copy
+)
 
 
 def tcp_counters() -> dict[str, int]:
