@@ -12,6 +12,7 @@ the pass; on a machine with a free core for that loop, it is nearly all of it.
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 import threading
@@ -64,8 +65,7 @@ def _best_ms(call: Callable[[], object], repeats: int) -> float:
 
 def measure(served: ServedModel, images: np.ndarray, repeats: int) -> dict[str, float]:
     """Milliseconds per pass: eager and traced, alone and beside a busy Python thread."""
-    eager = ServedModel(served.name, served.module, served.metadata, served.device, None, None, served.threads)
-    traced = ServedModel(served.name, served.module, served.metadata, served.device, None, None, served.threads)
+    eager, traced = dataclasses.replace(served, traced=None), dataclasses.replace(served)
     traced.trace()
     assert traced.traced is not None, f"{served.name} could not be traced"
     passes = {"eager": eager, "traced": traced}
