@@ -10,7 +10,10 @@ slowloris needs nothing more). This protocol is uvicorn's httptools protocol wit
 - while a body is being read, ``body_timeout_s`` may pass between two chunks at most (not
   counted while the server itself has paused reading because the app has not caught up);
 - a request that arrives while the worker holds more than ``max_connections`` connections
-  is answered 503 with Retry-After and its connection closed.
+  is answered 503 with Retry-After and its connection closed. Its body (up to
+  ``max_request_bytes``) is read and dropped first: closing a socket with unread bytes in
+  it sends a reset, and a client that is still sending loses the 503 to it (an httpx
+  upload to a capped worker got ``ReadError`` 9 times in 10 when answered at once).
 
 A connection that misses a deadline is answered 408 (where no response has begun) and closed.
 
@@ -45,11 +48,12 @@ class ConnectionLimits:
     header_timeout_s: float
     body_timeout_s: float
     max_connections: int
+    max_request_bytes: int
     retry_after_s: int = 1
 
     @classmethod
     def of(cls, settings: Settings) -> "ConnectionLimits":
-        return cls(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections)
+        return cls(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections, settings.max_request_bytes)
 
 
 def _timed_out(detail: str) -> bytes:
@@ -69,6 +73,11 @@ def _over_capacity(limits: ConnectionLimits) -> ASGIApp:
     ]
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        dropped, more = 0, True
+        while more and dropped <= limits.max_request_bytes:
+            message = await receive()
+            dropped += len(message.get("body", b""))
+            more = message["type"] == "http.request" and message.get("more_body", False)
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
