@@ -82,13 +82,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServe
 
 
 class Clients:
-    """Threads sending /predict in a loop until stopped; every answer's status is kept."""
+    """Threads sending /predict in a loop until stopped; every answer's status is kept.
+
+    Entering returns once the first answer is in, so what the test does next happens under
+    load, and a step that is over in milliseconds still has answers to check.
+    """
 
     def __init__(self, url: str, count: int = 4) -> None:
         self.url = url
         self.statuses: list[int] = []
         self.labels: list[int] = []
         self.stop = threading.Event()
+        self.answered = threading.Event()
         self.threads = [threading.Thread(target=self._run) for _ in range(count)]
 
     def _run(self) -> None:
@@ -102,10 +107,14 @@ class Clients:
                 self.statuses.append(response.status_code)
                 if response.status_code == 200:
                     self.labels.append(response.json()["predictions"][0]["label"])
+                self.answered.set()
 
     def __enter__(self) -> "Clients":
         for thread in self.threads:
             thread.start()
+        if not self.answered.wait(timeout=30):
+            self.__exit__()
+            raise AssertionError(f"no answer to /predict from {self.url} within 30 s")
         return self
 
     def __exit__(self, *exc: object) -> None:
