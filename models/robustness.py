@@ -5,9 +5,11 @@
 For each served model: accuracy on the 5,000 validation digits as they are, scanned at 8x8
 and at 16x16 and scaled back up, and thresholded to 1-bit (``models.augment.degrade_validation``),
 on the 2,500 digits the training runs validate on from the stroke synthesiser (``models.strokes``,
-every style, seed 1,000,000), and the share of the validation non-digit pool (``models.nondigits``, seed 1,000,000) that
-the model's own is_digit threshold rejects, or, for weights without one, the share whose max
-probability is below the threshold that rejects 0.5% of the validation digits. Nothing here
+every style, seed 1,000,000), on the same synthesised digits as 8x8 grey thumbnails as served
+(``synthesised_8x8``: the box fitted to 8x8, as UCI's digits are stored), and the share of
+the validation non-digit pool (``models.nondigits``, seed 1,000,000) that the model's own
+is_digit threshold rejects, or, for weights without one, the share whose max probability is
+below the threshold that rejects 0.5% of the validation digits. Nothing here
 reads the test set, so it may be used to compare checkpoints.
 """
 
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 
 from core.digit_rule import digit_score, fit_threshold, rejected_fraction
-from models.augment import ROBUSTNESS_VARIANTS, degrade_validation
+from models.augment import ROBUSTNESS_VARIANTS, as_thumbnail, degrade_validation
 from models.checkpoint import load_classifier, load_ensemble
 from models.data import Digits, load_mnist, split_validation
 from models.evaluate import predict
@@ -30,11 +32,16 @@ from models.registry import ARCHITECTURES, ENSEMBLE
 from models.strokes import drawn_digits
 from models.training.recipe import Data, Recipe
 
-__all__ = ["main", "measure"]
+__all__ = ["main", "measure", "thumbnails_8x8"]
 
 
 def _accuracy(model: nn.Module, digits: Digits) -> float:
     return float((predict(model, digits).argmax(1) == digits.labels).double().mean())
+
+
+def thumbnails_8x8(digits: Digits) -> Digits:
+    """Each digit's box fitted to 8x8 grey, as served (UCI's digits are stored so)."""
+    return Digits(torch.stack([as_thumbnail(image, 8, 1.0, None, dark_on_light=False)[0] for image in digits.images]), digits.labels)
 
 
 def measure(model: nn.Module, val: Digits, drawn: Digits, nondigits: Digits, is_digit: dict[str, Any] | None) -> dict[str, float]:
@@ -43,6 +50,7 @@ def measure(model: nn.Module, val: Digits, drawn: Digits, nondigits: Digits, is_
     result |= {variant: _accuracy(model, Digits(degrade_validation(val.images, variant), val.labels)) for variant in ROBUSTNESS_VARIANTS}
     result["degraded_mean"] = sum(result[variant] for variant in ROBUSTNESS_VARIANTS) / len(ROBUSTNESS_VARIANTS)
     result["synthesised"] = _accuracy(model, drawn)
+    result["synthesised_8x8"] = _accuracy(model, thumbnails_8x8(drawn))
     # Weights fitted before the score had a temperature scored at 1: they still measure as they served.
     score, temperature = (is_digit["score"], float(is_digit.get("temperature", 1.0))) if is_digit else ("max_probability", 1.0)
     digit_scores = digit_score(predict(model, val).numpy(), score, temperature)

@@ -24,6 +24,7 @@ class once.
 import argparse
 import itertools
 import sys
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -175,10 +176,12 @@ def synthesise(seed: int, index: int) -> tuple[np.ndarray, int]:
 
 class StrokeDigits(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """``length`` synthesised digits, items ``offset`` .. ``offset + length - 1`` of the pool ``seed``:
-    each a 1 x 28 x 28 float32 tensor in [0, 1] (white on black, framed as MNIST) and its int64 label."""
+    each a 1 x 28 x 28 float32 tensor in [0, 1] (white on black, framed as MNIST) and its int64 label.
+    With ``transform`` (a per-image augmentation of ``models.augment``), each image is passed
+    through it as 1 x 28 x 28 uint8 and returned as it answers."""
 
-    def __init__(self, length: int, seed: int, offset: int = 0) -> None:
-        self.length, self.seed, self.offset = length, seed, offset
+    def __init__(self, length: int, seed: int, offset: int = 0, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.length, self.seed, self.offset, self.transform = length, seed, offset, transform
 
     def __len__(self) -> int:
         return self.length
@@ -187,7 +190,10 @@ class StrokeDigits(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} synthesised digits")
         image, label = synthesise(self.seed, self.offset + index)
-        return torch.from_numpy(image).unsqueeze(0), torch.tensor(label, dtype=torch.long)
+        drawn = torch.from_numpy(image).unsqueeze(0)
+        if self.transform is not None:
+            drawn = self.transform((drawn * 255.0).round().to(torch.uint8))
+        return drawn, torch.tensor(label, dtype=torch.long)
 
 
 def drawn_digits(count: int, seed: int) -> Digits:

@@ -171,10 +171,11 @@ def _loaders(recipe: Recipe, train: Digits, workers: int, batch_size: int) -> tu
 def _stroke_batches(recipe: Recipe, per_batch: int, steps: int, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``per_batch`` synthesised digits for each of the run's steps, never one twice: items 0, 1, ...
     of the pool seeded with the training seed. They carry their own distortions; the recipe's
-    augmentation is MNIST's."""
+    augmentation is MNIST's, and its degradations theirs too with ``data.strokes_degraded``."""
     if per_batch == 0:
         return iter(())
-    pool = StrokeDigits(per_batch * steps * recipe.schedule.epochs, recipe.optimisation.seed)
+    degradations = recipe.degradations if recipe.data.strokes_degraded and recipe.degradations.active else None
+    pool = StrokeDigits(per_batch * steps * recipe.schedule.epochs, recipe.optimisation.seed, transform=degradations)
     return iter(DataLoader(pool, batch_size=per_batch, num_workers=workers))
 
 

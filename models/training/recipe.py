@@ -54,6 +54,7 @@ class Data:
     strokes_fraction: float = hyperparameter(
         0.0, "share of each batch's digits drawn by the stroke synthesiser (models.strokes) instead of MNIST, in [0, 1)"
     )
+    strokes_degraded: bool = hyperparameter(False, "pass the synthesised digits through the recipe's degradations too")
 
     def strokes_per_batch(self, batch_size: int) -> int:
         """Synthesised digits per batch of ``batch_size`` digits; the rest are MNIST's, at least one."""
@@ -250,6 +251,8 @@ def _argument_options(kind: Any) -> dict[str, Any]:
     if typing.get_origin(kind) in (types.UnionType, typing.Union):
         (inner,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
         return _argument_options(inner) | {"type": _optional(inner), "metavar": f"{inner.__name__.upper()}|none"}
+    if kind is bool:
+        return {"action": argparse.BooleanOptionalAction}
     if kind in (int, float, str):
         return {"type": kind, "metavar": kind.__name__.upper()}
     raise TypeError(f"no flag for a field of type {kind}")
