@@ -16,7 +16,8 @@ from models.augment import (
     degrade_validation,
     lose_resolution,
 )
-from models.data import Distortion
+from models.data import Digits, Distortion
+from models.robustness import thumbnails_8x8
 
 
 @pytest.fixture
@@ -79,6 +80,14 @@ def test_a_thumbnail_comes_back_as_the_service_serves_it(digit: torch.Tensor, da
     assert 18 <= int(rows[-1] - rows[0]) + 1 <= 20  # fitted to MNIST's 20 px box, white on black
     assert int(out[0].max()) == 0 and int(out.max()) == 255
     assert len(out.unique()) > 2  # the 1-bit thumbnail was enlarged smoothly, not in blocks
+
+
+def test_the_8x8_robustness_set_is_each_digit_as_an_8x8_grey_thumbnail(digit: torch.Tensor) -> None:
+    digits = Digits(torch.stack([digit[0], digit[0].flip(1)]), torch.tensor([0, 7]))
+    out = thumbnails_8x8(digits)
+    assert out.images.shape == (2, 28, 28) and out.images.dtype == torch.uint8 and torch.equal(out.labels, digits.labels)
+    assert torch.equal(out.images[0], as_thumbnail(digit, 8, 1.0, None, dark_on_light=False)[0])
+    assert not torch.equal(out.images[0], digit[0])
 
 
 def test_a_thumbnail_of_nothing_is_left_as_it_was() -> None:

@@ -1,6 +1,7 @@
 """The stroke synthesiser: deterministic per (seed, index), every style framed as MNIST frames a
 digit, its degradations, its one recipe flag, and its digits mixed into a real training run."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from models import stroke_report, strokes, train
 from models.data import AugmentedDigits, normalise
 from models.stroke_glyphs import VARIANTS, Variant
 from models.strokes import StrokeDigits, render, synthesise, variants_of
+from models.training.loop import _stroke_batches
 from models.training.recipe import DEFAULT_RECIPES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +59,37 @@ def test_the_dataset_yields_float_images_in_the_unit_range_and_int64_labels() ->
     assert labels == list(range(10))
     with pytest.raises(IndexError):
         pool[10]
+
+
+def test_a_transform_receives_each_drawing_as_uint8_and_its_answer_is_the_item() -> None:
+    seen: list[tuple[torch.dtype, tuple[int, ...]]] = []
+
+    def inverted(image: torch.Tensor) -> torch.Tensor:
+        seen.append((image.dtype, tuple(image.shape)))
+        return 255 - image
+
+    plain, transformed = StrokeDigits(3, seed=5), StrokeDigits(3, seed=5, transform=inverted)
+    image, label = transformed[1]
+    assert seen == [(torch.uint8, (1, 28, 28))]
+    assert torch.equal(image, 255 - (plain[1][0] * 255).round().to(torch.uint8))
+    assert int(label) == int(plain[1][1])
+
+
+def test_strokes_degraded_sends_the_synthesised_digits_through_the_recipes_degradations() -> None:
+    base = DEFAULT_RECIPES["resnet"]
+    every_image = dataclasses.replace(base.degradations, thumbnail_p=1.0)
+
+    def first_batch(degraded: bool) -> torch.Tensor:
+        recipe = dataclasses.replace(base, data=dataclasses.replace(base.data, strokes_degraded=degraded), degradations=every_image)
+        images, labels = next(_stroke_batches(recipe, per_batch=4, steps=1, workers=0))
+        assert labels.tolist() == [0, 1, 2, 3]
+        return normalise(images)
+
+    pool = StrokeDigits(4, seed=base.optimisation.seed)
+    drawn = normalise(torch.stack([pool[i][0] for i in range(4)]))
+    torch.manual_seed(0)
+    assert torch.equal(first_batch(False), drawn)
+    assert not torch.equal(first_batch(True), drawn)
 
 
 def test_every_class_has_several_styles_including_those_mnist_lacks() -> None:

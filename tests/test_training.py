@@ -175,8 +175,16 @@ def _sections(recipe: Recipe) -> dict[str, Any]:
     return {field.name: getattr(recipe, field.name) for field in dataclasses.fields(recipe)}
 
 
-def _another_value(value: Any, choices: list[str] | None) -> tuple[list[str], Any]:
-    """Command-line words for a value other than ``value``, and what they parse to."""
+def _another_value(action: argparse.Action, value: Any) -> tuple[list[str], Any]:
+    """Command-line words that set ``action``'s field to a value other than ``value``, and what they parse to."""
+    flag, *other_flags = action.option_strings
+    if isinstance(value, bool):  # --flag / --no-flag
+        return [other_flags[0] if value else flag], not value
+    words, parsed = _another_argument(value, list(action.choices) if action.choices else None)
+    return [flag, *words], parsed
+
+
+def _another_argument(value: Any, choices: list[str] | None) -> tuple[list[str], Any]:
     if choices:
         other = next(choice for choice in choices if choice != value)
         return [other], other
@@ -200,8 +208,8 @@ def test_every_hyperparameter_has_one_flag_that_sets_only_it() -> None:
     for action in flags:
         section, field = action.dest.split(".")
         assert action.help and "[default:" in action.help
-        words, parsed = _another_value(getattr(getattr(base, section), field), list(action.choices) if action.choices else None)
-        changed = recipe_from_flags(base, parser.parse_args([action.option_strings[0], *words]))
+        words, parsed = _another_value(action, getattr(getattr(base, section), field))
+        changed = recipe_from_flags(base, parser.parse_args(words))
         expected = dataclasses.replace(base, **{section: dataclasses.replace(getattr(base, section), **{field: parsed})})
         assert changed == expected, action.option_strings[0]
     assert recipe_from_flags(base, parser.parse_args([])) == base
