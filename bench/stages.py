@@ -11,6 +11,10 @@ and reported as the median (and 90th percentile) microseconds per request:
 - a forward pass at batch 1 of each model: ``ServedModel.forward`` with the server's torch
   threads (one worker's server);
 - response encoding: ``encode_predictions(...).model_dump_json()`` of one prediction;
+- the whole app: ``GET /healthz`` and ``POST /predict`` (multipart, then JSON) through
+  ``service.app.create_app``'s ASGI app (middleware, routing, dependencies, the route, its
+  access log line) with ``StandInEngine`` behind it, without a socket: what the event loop
+  spends on a request besides uvicorn's parsing and writing and the model's pass;
 - the inference-process transport: a round trip ``RemoteBackend.predict`` ->
   ``InferenceServer`` -> back, over a real Unix socket, to a stand-in engine that answers at
   once (so the figure is the wire format and the event loops, not a model). The server
@@ -61,10 +65,12 @@ Result = dict[str, Any]
 
 
 class StandInEngine:
-    """An ``Engine`` as ``InferenceServer`` uses it, answering every request at once with constant probabilities."""
+    """An ``Engine`` as ``InferenceServer`` uses it, answering every request at once with constant probabilities;
+    ``cards`` are the model cards it describes (a ``DigitClassifier`` reads their digit rules)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cards: list[dict[str, Any]] | None = None) -> None:
         self.answer = np.full((1, len(CLASSES)), 1 / len(CLASSES), np.float32)
+        self.cards = cards or []
 
     def status(self) -> BackendStatus:
         return BackendStatus(ready=True, draining=False, detail="stand-in")
@@ -76,7 +82,7 @@ class StandInEngine:
         return self.answer if len(images) == 1 else np.repeat(self.answer, len(images), axis=0)
 
     async def describe(self) -> dict[str, Any]:
-        return {"models": [], "device": "cpu", "max_batch_size": 1, "max_queue_images": 1, "torch_version": "-"}
+        return {"models": self.cards, "device": "cpu", "max_batch_size": 1, "max_queue_images": 1, "torch_version": "-"}
 
 
 def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
@@ -259,6 +265,76 @@ def measure_transport(timer: Timer, concurrency: int, throughput_s: float) -> li
     return rows
 
 
+async def asgi_call(app: Any, method: str, path: str, query: bytes = b"", body: bytes = b"", content_type: str = "") -> int:
+    """One request through ``app`` as uvicorn would deliver it (the body in one message); its status."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": query,
+        "headers": [(b"host", b"127.0.0.1"), (b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())],
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+        "state": {},
+    }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()  # the client stays connected; the app never asks again
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status
+
+
+def measure_app(pngs: list[bytes], model: str, card: dict[str, Any], timer: Timer) -> list[Result]:
+    """The whole ASGI app, one request at a time, with the stand-in engine behind it."""
+    import logging
+
+    from service.app import create_app
+    from service.handler import DigitClassifier
+    from service.server import configure_logging
+
+    settings = Settings(workers=1)
+    configure_logging(settings)  # the access log costs what it costs served; its lines go nowhere here
+    log_handler = cast(logging.StreamHandler[Any], logging.getLogger().handlers[0])
+    stream = log_handler.setStream(open(os.devnull, "w"))  # noqa: SIM115 - closed below
+    app = create_app(settings)
+    app.state.handler = DigitClassifier(cast(Any, StandInEngine([{"name": model, "is_digit": card["is_digit"]}])), settings)
+    requests: dict[str, tuple[str, tuple[Any, ...]]] = {
+        "app_healthz": ("GET /healthz", ("GET", "/healthz")),
+        "app_multipart": (
+            "POST /predict, multipart",
+            ("POST", "/predict", f"model={model}".encode(), *build_bodies(pngs[:1], "multipart", 1)[0]),
+        ),
+        "app_json": ("POST /predict, JSON", ("POST", "/predict", f"model={model}".encode(), *build_bodies(pngs[:1], "json", 1)[0])),
+    }
+    rows = []
+    loop = asyncio.new_event_loop()
+    try:
+        for key, (label, request) in requests.items():
+            assert loop.run_until_complete(asgi_call(app, *request)) == 200, label
+            samples = loop.run_until_complete(timer.run_async(lambda request=request: asgi_call(app, *request)))  # type: ignore[misc]
+            rows.append(_row(key, f"the whole app in-process, stand-in engine: {label}", samples))
+    finally:
+        loop.close()
+        cast(Any, log_handler.setStream(stream)).close()
+    return rows
+
+
 def measure_stages(
     pngs: list[bytes], weights_dir: Path, models: list[str], timer: Timer, concurrency: int, throughput_s: float
 ) -> list[Result]:
@@ -311,6 +387,7 @@ def measure_stages(
 
     assert json.loads(encode())["predictions"][0]["label"] in range(10)
     rows.append(_row("encode", "response encoding (Classification.of, encode_predictions, model_dump_json)", timer.sync(encode)))
+    rows += measure_app(pngs, models[0], metadata, timer)
     rows += measure_transport(timer, concurrency, throughput_s)
     return rows
 

@@ -4,6 +4,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.spec import SERVED_MODELS
+
 __all__ = [
     "BatchingInfo",
     "DigitReading",
@@ -12,8 +14,10 @@ __all__ = [
     "ModelInfo",
     "ModelInfoResponse",
     "PredictJSONRequest",
+    "PredictQuery",
     "PredictResponse",
     "Prediction",
+    "ReadQuery",
     "ReadResponse",
     "Reading",
     "V2Error",
@@ -30,6 +34,18 @@ __all__ = [
     "V2TensorMetadata",
     "WeightsInfo",
 ]
+
+
+class ReadQuery(BaseModel):
+    """The query string of ``POST /read``; other parameters are ignored."""
+
+    model: str | None = Field(None, description=f"one of {', '.join(SERVED_MODELS)}")
+
+
+class PredictQuery(ReadQuery):
+    """The query string of ``POST /predict``; other parameters are ignored."""
+
+    include_input: bool = Field(False, description="also return the 28x28 image the model saw")
 
 
 class PredictJSONRequest(BaseModel):

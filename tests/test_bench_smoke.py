@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT
@@ -147,3 +148,16 @@ def test_servers_soaks_latency_floor_and_targets(quick_results) -> None:
     assert any("ready" in n for n in names) and sum("RSS growth" in n for n in names) == len(WORKERS)
     assert all(isinstance(t["passed"], bool) for t in results["targets"])
     assert results["summary"]["targets"] == len(results["targets"])
+
+
+def test_the_app_stage_runs_every_request_through_the_whole_app() -> None:
+    """``bench.stages``' app rows: each request answered 200 by the real app (a failing one would
+    raise), timed once per call."""
+    from bench.run import encode_pngs
+    from bench.stages import Timer, measure_app
+
+    card = json.loads((ROOT / "weights" / "resnet.json").read_text())
+    pngs = encode_pngs(np.zeros((1, 28, 28), np.uint8))
+    rows = measure_app(pngs, "resnet", card, Timer(0.0, 0.01, min_samples=3))
+    assert [row["key"] for row in rows] == ["app_healthz", "app_multipart", "app_json"]
+    assert all(row["samples"] >= 3 and 0 < row["median_us"] <= row["p90_us"] for row in rows)

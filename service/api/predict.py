@@ -2,16 +2,16 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from core.spec import SERVED_MODELS
 from service import tracing
+from service.api import query
 from service.api.errors import ERRORS
 from service.connections import departure_of
-from service.dependencies import ready_handler, require_api_key
+from service.dependencies import serving_handler
 from service.handler import DigitClassifier, encode_predictions
-from service.schemas import PredictResponse
+from service.schemas import PredictQuery, PredictResponse
 from service.uploads import read_request
 
 __all__ = ["router"]
@@ -37,20 +37,18 @@ BODY: dict[str, Any] = {
 }
 
 
-@router.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=BODY, dependencies=[Depends(require_api_key)])
-async def predict(
-    request: Request,
-    handler: Annotated[DigitClassifier, Depends(ready_handler)],
-    model: Annotated[str | None, Query(description=f"one of {', '.join(SERVED_MODELS)}")] = None,
-    include_input: Annotated[bool, Query(description="also return the 28x28 image the model saw")] = False,
-) -> Response:
+@router.post(
+    "/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=BODY | {"parameters": query.parameters(PredictQuery)}
+)
+async def predict(request: Request, handler: Annotated[DigitClassifier, Depends(serving_handler)]) -> Response:
     """Classify one or more digit images (multipart parts named `files`, or JSON base64)."""
-    name = handler.model(model)
+    options = query.parse(request, PredictQuery)
+    name = handler.model(options.model)
     request.state.model = name
     images = await handler.decode(await read_request(request, handler.settings))
     request.state.images = len(images.pixels)
     result = await handler.predict(name, images, departure_of(request.scope))
     with tracing.span("encode"):
-        response = encode_predictions(name, result, images.pixels if include_input else None)
+        response = encode_predictions(name, result, images.pixels if options.include_input else None)
         # Already validated: serialised once in pydantic-core instead of FastAPI re-validating.
         return Response(response.model_dump_json(), media_type="application/json")

@@ -2,16 +2,16 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from core.spec import SERVED_MODELS
+from service.api import query
 from service.api.errors import ERRORS
 from service.api.predict import BODY
-from service.dependencies import ready_handler, require_api_key
+from service.dependencies import serving_handler
 from service.handler import DigitClassifier
 from service.reader import NumberReader
-from service.schemas import ReadResponse
+from service.schemas import ReadQuery, ReadResponse
 from service.uploads import read_request
 
 __all__ = ["router"]
@@ -19,12 +19,8 @@ __all__ = ["router"]
 router = APIRouter(tags=["read"])
 
 
-@router.post("/read", response_model=ReadResponse, responses=ERRORS, openapi_extra=BODY, dependencies=[Depends(require_api_key)])
-async def read(
-    request: Request,
-    handler: Annotated[DigitClassifier, Depends(ready_handler)],
-    model: Annotated[str | None, Query(description=f"one of {', '.join(SERVED_MODELS)}")] = None,
-) -> Response:
+@router.post("/read", response_model=ReadResponse, responses=ERRORS, openapi_extra=BODY | {"parameters": query.parameters(ReadQuery)})
+async def read(request: Request, handler: Annotated[DigitClassifier, Depends(serving_handler)]) -> Response:
     """Read the number written on each image, left to right: its text, and every digit with its box.
 
     Takes the same bodies as /predict, within the same limits, and fails the same way. Each
@@ -34,7 +30,7 @@ async def read(
     in one batched call. Pieces that are not digits (is_digit false: a point, a comma, a
     dash, a sign) are listed in digits but left out of text. A blank image reads "".
     """
-    name = handler.model(model)
+    name = handler.model(query.parse(request, ReadQuery).model)
     request.state.model = name
     reader = NumberReader(handler)
     segmentations = await reader.segment(await read_request(request, handler.settings))

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from core.errors import InputError
 from service import __version__
 from service.connections import departure_of
-from service.dependencies import get_handler, ready_handler, require_api_key
+from service.dependencies import get_handler, serving_handler
 from service.errors import invalid_body
 from service.handler import Classification, DigitClassifier, Images
 from service.schemas import (
@@ -172,7 +172,6 @@ def _add_model_routes(path: str, model: Callable[..., Any]) -> None:
     @router.post(
         f"{path}/infer",
         response_model=V2InferenceResponse,
-        dependencies=[Depends(require_api_key)],
         responses={401: {"model": V2Error}},
         # The body is parsed by hand, so it is documented here; the app adds its schema to the components.
         openapi_extra={
@@ -182,7 +181,7 @@ def _add_model_routes(path: str, model: Callable[..., Any]) -> None:
             }
         },
     )
-    async def infer(request: Request, name: Model, handler: Annotated[DigitClassifier, Depends(ready_handler)]) -> Response:
+    async def infer(request: Request, handler: Annotated[DigitClassifier, Depends(serving_handler)], name: Model) -> Response:
         """Probabilities and labels for a batch of 28x28 images (an all-zero image is not a digit)."""
         body, binary = await read_infer_request(request)
         if len(body.inputs) != 1:
