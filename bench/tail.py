@@ -25,7 +25,10 @@ show connections that waited outside any process: SYNs sent again (``TCPSynRetra
 retransmitted SYN waits its timeout, 1 s and then 2 s more), handshakes dropped for a full
 accept queue (``ListenOverflows``, ``ListenDrops``) or a full SYN queue (``TCPReqQFullDrop``),
 and of the segments sent again (``RetransSegs``), those after a retransmission timeout
-(``TCPTimeouts``) and those that were tail-loss probes (``TCPLossProbes``).
+(``TCPTimeouts``) and those that were tail-loss probes (``TCPLossProbes``). Every 50 ms of
+the window the accept queue of the server's listening sockets is read (``/proc/net/tcp``):
+connections the kernel has completed but no worker has accepted yet wait there, unseen by
+the app's clock.
 """
 
 import argparse
@@ -33,6 +36,7 @@ import itertools
 import json
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,7 +49,7 @@ from bench.load import Job, LoadGenerator, write_payloads
 from bench.run import encode_pngs
 from bench.server import ROOT, ServerProcess, describe_machine
 
-__all__ = ["histogram_quantile", "main"]
+__all__ = ["AcceptQueueSampler", "accept_queue", "histogram_quantile", "main"]
 
 STAGES = {
     "server": "digits_http_request_duration_seconds",
@@ -122,6 +126,50 @@ def tcp_counters() -> dict[str, int]:
     return counters
 
 
+def accept_queue(port: int) -> int | None:
+    """Connections waiting to be accepted on ``port``'s listening sockets (Linux: the receive queue
+    of a LISTEN socket in /proc/net/tcp is its accept queue); None where there are none to read."""
+    waiting: int | None = None
+    for path in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        try:
+            lines = path.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            _, local, _, state, queues, *_ = line.split()
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                waiting = (waiting or 0) + int(queues.split(":")[1], 16)
+    return waiting
+
+
+class AcceptQueueSampler:
+    """``accept_queue(port)`` every ``interval_s`` on a thread, from ``start`` to ``stop``."""
+
+    def __init__(self, port: int, interval_s: float = 0.05) -> None:
+        self.port = port
+        self.interval_s = interval_s
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="accept-queue", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            if (waiting := accept_queue(self.port)) is not None:
+                self.samples.append(waiting)
+
+    def start(self) -> "AcceptQueueSampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, float] | None:
+        """The largest and the mean queue over the samples (None without any)."""
+        self._stop.set()
+        self._thread.join()
+        if not self.samples:
+            return None
+        return {"max": max(self.samples), "mean": round(statistics.mean(self.samples), 1), "samples": len(self.samples)}
+
+
 def _counter_window(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {name: after[name] - before[name] for name in TCP_COUNTERS if name in before and name in after}
 
@@ -172,7 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     load.run(Job(**{**job.__dict__, "duration_s": args.warmup, "warmup_s": 0.0}))
                     time.sleep(settle)
                     before, cpu_before, tcp_before = _histograms(metrics.get("/metrics").text), server.cpu_by_process(), tcp_counters()
+                    sampler = AcceptQueueSampler(server.port).start()
                     result = load.run(Job(**{**job.__dict__, "warmup_s": 0.0}))
+                    queued = sampler.stop()
                     tcp = _counter_window(tcp_before, tcp_counters())
                     stages = _window(before, _histograms(metrics.get("/metrics").text))
                     wrk = result["latency_ms"] or {}
@@ -182,13 +232,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     run["p99_over_p50"] = round(wrk["p99"] / wrk["p50"], 2) if wrk else None
                     run["cpu_s_by_process"] = _cpu_split(server, cpu_before)
                     run["tcp"] = tcp
+                    run["accept_queue"] = queued
                     runs.append(run)
                     print(
                         f"workers {workers} round {round_} settle {settle:g} s: {run['requests_per_s']:7.0f} req/s, "
                         f"errors {run['errors']}, wrk p50 "
                         f"{wrk.get('p50', 0):.0f} ms p99 {wrk.get('p99', 0):.0f} ms ({run['p99_over_p50']}x); server p50 "
                         f"{stages['server']['p50']} ms p99 {stages['server']['p99']} ms; queue p99 {stages['queue_wait']['p99']} ms; "
-                        f"cpu {run['cpu_s_by_process']}; tcp {tcp}"
+                        f"cpu {run['cpu_s_by_process']}; tcp {tcp}; accept queue {queued}"
                     )
             finally:
                 server.stop()

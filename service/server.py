@@ -9,8 +9,12 @@ Beside uvicorn, in the same process and event loop, the Open Inference Protocol 
 (``service.grpc_server``, unless ``DIGITS_GRPC_PORT`` is 0): it starts once the app has
 started, and on a stop signal it drains first, while the HTTP side answers its requests in
 flight, because both need the backend that the app's lifespan stops last.
+
+Connections are accepted by ``service.listener.EagerAcceptor`` rather than uvicorn's
+server: every connection waiting, on each turn of the loop.
 """
 
+import asyncio
 import contextlib
 import logging
 import resource
@@ -26,6 +30,7 @@ from fastapi import FastAPI
 from service.config import Settings
 from service.connections import ConnectionLimits, guarded_protocol
 from service.handler import DigitClassifier
+from service.listener import BACKLOG, EagerAcceptor
 
 if TYPE_CHECKING:
     from service.grpc_server import GrpcServer
@@ -48,16 +53,26 @@ class DrainingServer(uvicorn.Server):
                 access_log=False,  # the JSON access log of AccessLogMiddleware replaces it
                 timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
                 lifespan="on",
-                backlog=2048,
+                backlog=BACKLOG,
             )
         )
         self.app = app
         self.settings = settings
         self.grpc: GrpcServer | None = None
         self.grpc_failed = False
+        self.acceptors: list[EagerAcceptor] = []
+        self.bound: socket.socket | None = None  # the socket this server bound itself (given none)
+
+    def _protocol(self) -> asyncio.Protocol:
+        """What uvicorn's own server would build for each connection."""
+        return self.config.http_protocol_class(config=self.config, server_state=self.server_state, app_state=self.lifespan.state)  # type: ignore[call-arg]
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
+        if sockets is None:
+            self.bound = self.config.bind_socket()  # logs the address, as uvicorn does
+            sockets = [self.bound]
+        await super().startup(sockets=[])  # the lifespan and the server's state; the accepting is ours
+        self.acceptors = [EagerAcceptor(listener, self._protocol) for listener in sockets]
         if self.started and self.settings.grpc_port:
             # Imported only where it is served: its protobuf types share the package "inference"
             # with tritonclient.grpc's, and one process can hold only one of the two.
@@ -74,6 +89,10 @@ class DrainingServer(uvicorn.Server):
             log.info("Open Inference Protocol over gRPC on %s", grpc.address)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for acceptor in self.acceptors:
+            acceptor.close()
+        if self.bound is not None:
+            self.bound.close()
         if self.grpc is not None:
             started = time.monotonic()
             await self.grpc.stop(self.settings.shutdown_grace_s)

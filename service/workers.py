@@ -3,7 +3,7 @@
     python -m service                 the supervisor: binds the port, starts the children,
     |                                 replaces those that die or hang, orders the shutdown
     |-- inference                     the models on their device, a batcher each (torch)
-    |-- HTTP worker 1..N              uvicorn on the one listening socket: HTTP, multipart,
+    |-- HTTP worker 1..N              uvicorn on its listening socket: HTTP, multipart,
                                       decoding and encoding (no torch)
 
 Batches form across every worker's requests because they all reach the inference
@@ -31,6 +31,7 @@ from fastapi import FastAPI
 
 from service.config import Settings
 from service.heartbeat import Heartbeat, heartbeats
+from service.listener import listening_sockets
 from service.server import DrainingServer
 
 __all__ = ["serve_workers"]
@@ -104,21 +105,22 @@ def serve_workers(settings: Settings) -> int:
         from service.supervisor import Place, Supervisor
 
         socket_path = Path(scratch, "inference.sock")
-        listener = socket.create_server((settings.host, settings.port), backlog=2048)
+        listeners = listening_sockets(settings.host, settings.port, settings.workers)
         context = multiprocessing.get_context("spawn")  # children start clean: no torch, no inherited threads
         parent = os.getpid()
         beats = heartbeats(context, settings.workers + 1)
         places = [Place("inference", "inference", _run_inference, (settings, socket_path, settings.workers, parent), beats[0])]
         places += [
             Place(f"http-worker-{i}", "http_worker", _run_http_worker, (settings, listener, socket_path, parent), beats[i])
-            for i in range(1, settings.workers + 1)
+            for i, listener in enumerate(listeners, start=1)
         ]
         supervisor = Supervisor(context, places, settings, SupervisorMetrics())
         if settings.model_control == "explicit":  # reload the weights on disk, as POST /v2/repository/.../load does
             signal.signal(signal.SIGHUP, lambda *_: supervisor.send("inference", signal.SIGHUP))
         log.info("serving on %s:%d with %d HTTP workers and one inference process", settings.host, settings.port, settings.workers)
         status = supervisor.run(wake_r, lambda: bool(received))
-        listener.close()
+        for listener in set(listeners):
+            listener.close()
         # First the workers: their requests in flight need the inference process.
         supervisor.stop("http_worker", settings.shutdown_grace_s + 2)
         supervisor.stop("inference", 5)

@@ -5,7 +5,16 @@ import time
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from bench.tail import TCP_COUNTERS, _counter_window, _histograms, _window, histogram_quantile, tcp_counters
+from bench.tail import (
+    TCP_COUNTERS,
+    AcceptQueueSampler,
+    _counter_window,
+    _histograms,
+    _window,
+    accept_queue,
+    histogram_quantile,
+    tcp_counters,
+)
 
 
 def test_a_quantile_is_interpolated_inside_its_bucket() -> None:
@@ -50,3 +59,23 @@ def test_the_kernel_counts_a_connection_the_server_never_accepted() -> None:
     window = _counter_window(before, tcp_counters())
     assert window["TcpExt.ListenOverflows"] > 0
     assert window["TcpExt.TCPSynRetrans"] > 0
+
+
+def test_the_accept_queue_holds_the_connections_no_one_has_accepted() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        port = server.getsockname()[1]
+        assert accept_queue(port) == 0
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        try:
+            assert accept_queue(port) == 3
+            server.accept()[0].close()
+            assert accept_queue(port) == 2
+            sampler = AcceptQueueSampler(port, interval_s=0.01).start()
+            time.sleep(0.05)
+            assert (sampler.stop() or {})["max"] == 2
+        finally:
+            for client in clients:
+                client.close()
+    assert accept_queue(port) is None  # nothing listens there any more
