@@ -11,9 +11,10 @@ and reported as the median (and 90th percentile) microseconds per request:
 - a forward pass at batch 1 of each model: ``ServedModel.forward`` with the server's torch
   threads (one worker's server);
 - response encoding: ``encode_predictions(...).model_dump_json()`` of one prediction;
-- the whole app: ``GET /healthz`` and ``POST /predict`` (multipart, then JSON) through
+- the whole app: ``GET /healthz``, ``POST /predict`` (multipart, then JSON) and the Open
+  Inference Protocol's infer (the JSON body of one FP32 tensor) through
   ``service.app.create_app``'s ASGI app (middleware, routing, dependencies, the route, its
-  access log line) with ``StandInEngine`` behind it, without a socket: what the event loop
+  access log line), with ``StandInEngine`` behind it and no socket: what the event loop
   spends on a request besides uvicorn's parsing and writing and the model's pass;
 - the inference-process transport: a round trip ``RemoteBackend.predict`` ->
   ``InferenceServer`` -> back, over a real Unix socket, to a stand-in engine that answers at
@@ -45,7 +46,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from bench.load import build_bodies
+from bench.load import build_bodies, v2_infer_body
 from bench.run import encode_pngs
 from bench.server import describe_machine
 from core.digit_rule import DigitRule
@@ -321,6 +322,7 @@ def measure_app(pngs: list[bytes], model: str, card: dict[str, Any], timer: Time
             ("POST", "/predict", f"model={model}".encode(), *build_bodies(pngs[:1], "multipart", 1)[0]),
         ),
         "app_json": ("POST /predict, JSON", ("POST", "/predict", f"model={model}".encode(), *build_bodies(pngs[:1], "json", 1)[0])),
+        "app_v2": ("POST /v2/models/M/infer, JSON tensor", ("POST", f"/v2/models/{model}/infer", b"", *v2_infer_body(pngs[:1]))),
     }
     rows = []
     loop = asyncio.new_event_loop()

@@ -159,5 +159,5 @@ def test_the_app_stage_runs_every_request_through_the_whole_app() -> None:
     card = json.loads((ROOT / "weights" / "resnet.json").read_text())
     pngs = encode_pngs(np.zeros((1, 28, 28), np.uint8))
     rows = measure_app(pngs, "resnet", card, Timer(0.0, 0.01, min_samples=3))
-    assert [row["key"] for row in rows] == ["app_healthz", "app_multipart", "app_json"]
+    assert [row["key"] for row in rows] == ["app_healthz", "app_multipart", "app_json", "app_v2"]
     assert all(row["samples"] >= 3 and 0 < row["median_us"] <= row["p90_us"] for row in rows)
