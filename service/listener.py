@@ -12,6 +12,7 @@ one (bench/README.md, "The tail at overload"; ``python -m bench.tail`` samples t
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import socket
 import sys
@@ -76,12 +77,13 @@ class EagerAcceptor:
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = self.loop.create_task(self.loop.connect_accepted_socket(self.protocol, connection))
             self._connecting.add(task)
-            task.add_done_callback(self._connected)
+            task.add_done_callback(functools.partial(self._connected, connection))
 
-    def _connected(self, task: asyncio.Task[object]) -> None:
+    def _connected(self, connection: socket.socket, task: asyncio.Task[object]) -> None:
         self._connecting.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("a connection could not be set up: %s", task.exception())
+        if task.cancelled() or task.exception() is not None:
+            log.warning("a connection could not be set up: %s", "cancelled" if task.cancelled() else task.exception())
+            connection.close()
 
     def _resume(self) -> None:
         if not self.closed:

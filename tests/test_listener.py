@@ -2,8 +2,10 @@
 
 import asyncio
 import errno
+import gc
 import socket
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from typing import ClassVar
 
@@ -148,3 +150,31 @@ def test_one_worker_listens_on_one_socket() -> None:
     (sock,) = listening_sockets("127.0.0.1", 0, 1)
     with sock:
         assert sock.getsockname()[1] > 0
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_connection_that_cannot_be_set_up_is_closed(server: socket.socket, loop_name: str) -> None:
+    def broken() -> asyncio.Protocol:
+        raise RuntimeError("no protocol")
+
+    (client,) = connect(server, 1)
+    client.settimeout(5)
+
+    async def serve() -> None:
+        acceptor = EagerAcceptor(server, broken)
+        await asyncio.sleep(0.1)
+        acceptor.close()
+
+    loop = LOOPS[loop_name]()
+    ours = f"raddr={client.getsockname()}"  # the server's end of this client's connection
+    gc.collect()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        try:
+            loop.run_until_complete(serve())
+        finally:
+            loop.close()
+        gc.collect()
+    with client:
+        assert client.recv(1) == b""  # closed by the server
+    assert not [w for w in caught if ours in str(w.message)]  # closed on purpose, not by the garbage collector
