@@ -76,9 +76,11 @@ def test_a_closed_acceptor_leaves_new_connections_waiting(server: socket.socket)
 
     clients: list[socket.socket] = []
     asyncio.run(serve())
-    for client in clients:
-        client.close()
-    assert Counting.made == [] and accept_queue(server.getsockname()[1]) == 3
+    try:
+        assert Counting.made == [] and accept_queue(server.getsockname()[1]) == 3
+    finally:
+        for client in clients:
+            client.close()
 
 
 class OutOfDescriptors:
