@@ -107,17 +107,30 @@ def _stand_in_process(socket_path: str, loop_kind: str) -> None:
     loop.run_until_complete(_serve_stand_in(socket_path))
 
 
+def http_scope(method: str, path: str, query: bytes = b"", body: bytes = b"", content_type: str = "") -> dict[str, Any]:
+    """The ASGI scope uvicorn builds for a request over loopback."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": query,
+        "headers": [(b"host", b"127.0.0.1"), (b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())],
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+        "state": {},
+    }
+
+
 def fake_request(body: bytes, content_type: str) -> Any:
     """A Starlette ``Request`` whose body arrives in one ASGI message, as uvicorn delivers a small upload."""
     from starlette.requests import Request
 
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/predict",
-        "query_string": b"",
-        "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())],
-    }
+    scope = http_scope("POST", "/predict", body=body, content_type=content_type)
     sent = False
 
     async def receive() -> dict[str, Any]:
@@ -268,21 +281,7 @@ def measure_transport(timer: Timer, concurrency: int, throughput_s: float) -> li
 
 async def asgi_call(app: Any, method: str, path: str, query: bytes = b"", body: bytes = b"", content_type: str = "") -> int:
     """One request through ``app`` as uvicorn would deliver it (the body in one message); its status."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": query,
-        "headers": [(b"host", b"127.0.0.1"), (b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())],
-        "server": ("127.0.0.1", 8000),
-        "client": ("127.0.0.1", 50000),
-        "state": {},
-    }
+    scope = http_scope(method, path, query, body, content_type)
     messages = [{"type": "http.request", "body": body, "more_body": False}]
     status = 0
 
