@@ -58,16 +58,24 @@ class _MultipartParts:
     In memory rather than Starlette's ``request.form()``, which spools every part into a
     temporary file: parsing is on every request's path, and the whole body is already
     bounded by BodyLimitMiddleware.
+
+    The parser refers to these callbacks and nothing here refers to the parser, so no
+    reference cycle holds a body once its request is done: the cyclic GC would free it only
+    at its next collection. With the parser kept here, 50 aborted 900 KB uploads left the
+    server 8.4 MiB larger, without 0.2 MiB (``-s`` output of ``tests/test_overload.py``'s
+    ``test_clients_that_disconnect_mid_upload_do_not_hold_or_leak``, 1 run each).
     """
 
-    def __init__(self, boundary: bytes, max_parts: int) -> None:
+    def __init__(self, max_parts: int) -> None:
         self.max_parts = max_parts
         self.files: list[tuple[str, str, bytes]] = []  # name, file name, data
         self.fields: list[str] = []  # names of text fields (parts without a file name)
         self._header = (bytearray(), bytearray())
         self._disposition = b""
         self._chunks: list[bytes] = []
-        self.parser = MultipartParser(
+
+    def parser(self, boundary: bytes) -> MultipartParser:
+        return MultipartParser(
             boundary,
             {
                 "on_part_begin": self._begin,
@@ -108,16 +116,17 @@ async def _read_multipart(request: Request, settings: Settings) -> list[RawImage
     _, options = parse_options_header(request.headers["content-type"])
     if not options.get(b"boundary"):
         raise InputError("the multipart body could not be parsed: its Content-Type has no boundary", status_code=400)
-    parts = _MultipartParts(options[b"boundary"], settings.max_images_per_request)
+    parts = _MultipartParts(settings.max_images_per_request)
+    parser = parts.parser(options[b"boundary"])
     try:
         async for chunk in request.stream():
-            parts.parser.write(chunk)
-        parts.parser.finalize()
+            parser.write(chunk)
+        parser.finalize()
     except (InputError, ClientDisconnect):
         raise
     except Exception as exc:  # python-multipart raises several types for a malformed body
         raise InputError(f"the multipart body could not be parsed: {exc}", status_code=400) from None
-    if parts.parser.state != MultipartState.END:  # the upload was cut short: say so rather than drop its tail
+    if parser.state != MultipartState.END:  # the upload was cut short: say so rather than drop its tail
         raise InputError("the multipart body could not be parsed: it ends before its closing boundary", status_code=400)
     if "files" in parts.fields:
         raise InputError("a part named 'files' is a text field, not a file upload: send each image as a file (with a filename)")
