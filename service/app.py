@@ -89,6 +89,12 @@ def create_app(settings: Settings | None = None, inference_socket: Path | None =
             # What exists now (framework, models) lives as long as the process: frozen, the
             # cyclic GC never rescans it, and a full collection under load is a latency spike.
             gc.freeze()
+            # A request allocates hundreds of containers, so at the default threshold (700) the
+            # youngest generation is collected every request or two, and the oldest every hundred
+            # of those. Collected every 50,000, one worker's c32 p99 fell from
+            # 43-46 ms to 21-25 ms (bench/README.md, "Design decisions"). Request bodies sit in
+            # no reference cycle (service.uploads), so waiting longer holds no upload's bytes.
+            gc.set_threshold(50_000, 20, 20)
             try:
                 yield
             finally:
