@@ -1,5 +1,6 @@
 """The app in-process (httpx.ASGITransport, lifespan run): routes, schemas and error paths."""
 
+import asyncio
 import base64
 import gc
 import json
@@ -9,10 +10,13 @@ import time
 import httpx
 import numpy as np
 import pytest
+from starlette.types import Message
 
 from models.data import Digits
 from models.nondigits import EVALUATION_SEED, render_nondigit
-from tests.conftest import encode_image, png_bytes, serving, stroke_digit_one
+from service.app import create_app
+from service.config import Settings
+from tests.conftest import WEIGHTS, encode_image, png_bytes, serving, stroke_digit_one
 
 ONE = png_bytes(stroke_digit_one())
 
@@ -182,3 +186,48 @@ async def test_every_prediction_says_whether_it_looks_like_a_digit(client: httpx
         assert prediction["is_digit"] == (prediction["digit_score"] >= threshold)
     assert sum(p["is_digit"] for p in answers["digits"]) >= 0.98 * len(digits)
     assert sum(not p["is_digit"] for p in answers["non_digits"]) >= 0.85 * len(non_digits)
+
+
+async def test_requests_leave_no_reference_cycle_for_the_collector() -> None:
+    """The app collects its youngest generation every 50,000 allocations, so whatever a request left
+    in a cycle would wait that long; a multipart body, aborted uploads' included, once did."""
+    from bench.load import build_bodies, v2_infer_body
+    from bench.stages import asgi_call, http_scope
+
+    app = create_app(Settings(weights_dir=WEIGHTS, warmup_batches=1))
+    png = png_bytes(stroke_digit_one())
+    requests = [("POST", "/predict", b"model=resnet", *build_bodies([png], kind, 1)[0]) for kind in ("multipart", "json")]
+    requests.append(("POST", "/v2/models/resnet/infer", b"", *v2_infer_body([png])))
+
+    async def aborted_upload() -> None:
+        head = b'--b\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\n\r\n' + bytes(200_000)
+        scope = http_scope("POST", "/predict", b"model=resnet", content_type="multipart/form-data; boundary=b")
+        scope["headers"] = [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", b"1000000")]
+        messages: list[Message] = [{"type": "http.disconnect"}, {"type": "http.request", "body": head, "more_body": True}]
+
+        async def receive() -> Message:
+            return messages.pop()
+
+        async def send(message: Message) -> None:
+            pass
+
+        await app(scope, receive, send)
+
+    async with app.router.lifespan_context(app):
+        assert gc.get_threshold()[0] == 50_000
+        while not app.state.handler.backend.status().ready:
+            await asyncio.sleep(0.05)
+        for request in requests:
+            assert await asgi_call(app, *request) == 200
+        await aborted_upload()
+        gc.collect()
+        gc.disable()
+        try:
+            for request in requests:
+                for _ in range(3):
+                    await asgi_call(app, *request)
+            await aborted_upload()
+            left = gc.collect()
+        finally:
+            gc.enable()
+    assert left == 0
