@@ -30,7 +30,7 @@ from fastapi import FastAPI
 from service.config import Settings
 from service.connections import ConnectionLimits, guarded_protocol
 from service.handler import DigitClassifier
-from service.listener import BACKLOG, EagerAcceptor
+from service.listener import EagerAcceptor
 
 if TYPE_CHECKING:
     from service.grpc_server import GrpcServer
@@ -53,7 +53,6 @@ class DrainingServer(uvicorn.Server):
                 access_log=False,  # the JSON access log of AccessLogMiddleware replaces it
                 timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
                 lifespan="on",
-                backlog=BACKLOG,
             )
         )
         self.app = app

@@ -195,9 +195,8 @@ async def test_requests_leave_no_reference_cycle_for_the_collector() -> None:
     from bench.stages import asgi_call, http_scope
 
     app = create_app(Settings(weights_dir=WEIGHTS, warmup_batches=1))
-    png = png_bytes(stroke_digit_one())
-    requests = [("POST", "/predict", b"model=resnet", *build_bodies([png], kind, 1)[0]) for kind in ("multipart", "json")]
-    requests.append(("POST", "/v2/models/resnet/infer", b"", *v2_infer_body([png])))
+    requests = [("POST", "/predict", b"model=resnet", *build_bodies([ONE], kind, 1)[0]) for kind in ("multipart", "json")]
+    requests.append(("POST", "/v2/models/resnet/infer", b"", *v2_infer_body([ONE])))
 
     async def aborted_upload() -> None:
         head = b'--b\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\n\r\n' + bytes(200_000)
