@@ -308,7 +308,8 @@ def format_report(results: Result) -> str:
         )
     for server in results["servers"]:
         lines.append(
-            f"server {server['label']}: ready in {server['ready_s']:.2f} s, {server['processes']} processes, "
+            f"server {server['label']}: torch {server.get('torch', '?')}, ready in {server['ready_s']:.2f} s, "
+            f"{server['processes']} processes, "
             f"peak RSS {server['peak_rss_mb']:.0f} MB (after ready {server['rss_ready_mb']:.0f} MB), env {server['env'] or '{}'}"
         )
     for soak in results.get("soaks", []):

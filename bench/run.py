@@ -15,6 +15,7 @@ Exits 0 whatever the targets say, unless ``--strict``. See bench/README.md.
 """
 
 import argparse
+import contextlib
 import datetime
 import io
 import json
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 from PIL import Image
 
@@ -275,6 +277,9 @@ class Bench:
 
     def finish(self, server: ServerProcess, workers: int) -> None:
         processes = len(server.tree())
+        torch_version = None  # the server's interpreter may not be this one
+        with contextlib.suppress(httpx.HTTPError):  # a server that died answers nothing; its runs say why
+            torch_version = server.model_info().get("torch_version")
         exit_code = server.stop()
         self.servers.append(
             {
@@ -282,6 +287,7 @@ class Bench:
                 "workers": workers,
                 "processes": processes,
                 "python": server.python,
+                "torch": torch_version,
                 "env": server.overrides,
                 "url": server.url,
                 "ready_s": server.ready_s,
