@@ -306,7 +306,7 @@ def measure_app(pngs: list[bytes], model: str, card: dict[str, Any], timer: Time
 
     from service.app import create_app
     from service.handler import DigitClassifier
-    from service.server import configure_logging
+    from service.logs import configure_logging
 
     settings = Settings(workers=1)
     configure_logging(settings)  # the access log costs what it costs served; its lines go nowhere here

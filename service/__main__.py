@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from service.config import Settings
-from service.server import configure_logging
+from service.logs import configure_logging
 
 
 def parse_settings(argv: Sequence[str]) -> Settings:

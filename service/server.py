@@ -19,7 +19,6 @@ import contextlib
 import logging
 import resource
 import socket
-import sys
 import time
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -30,6 +29,7 @@ from fastapi import FastAPI
 from service.config import Settings
 from service.connections import ConnectionLimits, guarded_protocol
 from service.handler import DigitClassifier
+from service.heartbeat import Heartbeat
 from service.listener import EagerAcceptor
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DrainingServer", "configure_logging", "serve_http"]
+__all__ = ["BeatingServer", "DrainingServer", "raise_open_file_limit", "serve_http"]
 
 
 class DrainingServer(uvicorn.Server):
@@ -107,12 +107,19 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def configure_logging(settings: Settings) -> None:
-    """One line per record, the message alone (the access log's lines are JSON already)."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(message)s", stream=sys.stdout, force=True)
-    # The format names no thread or process: records need not look them up (the logging
-    # HOWTO's "Optimization"); it is a per-request cost of the access log.
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+class BeatingServer(DrainingServer):
+    """Beats on uvicorn's tick (10 a second) while it serves: the event loop is not stuck
+    (an HTTP worker of ``service.workers``, which its supervisor watches)."""
+
+    def __init__(self, app: FastAPI, settings: Settings, heartbeat: Heartbeat) -> None:
+        super().__init__(app, settings)
+        self.heartbeat = heartbeat
+
+    async def on_tick(self, counter: int) -> bool:
+        should_exit = await super().on_tick(counter)
+        if not should_exit:  # one that failed to start (its gRPC port taken) never beats
+            self.heartbeat.beat()
+        return should_exit
 
 
 def raise_open_file_limit() -> None:

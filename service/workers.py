@@ -27,12 +27,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fastapi import FastAPI
-
 from service.config import Settings
 from service.heartbeat import Heartbeat, heartbeats
 from service.listener import listening_sockets
-from service.server import DrainingServer
+from service.logs import configure_logging
 
 __all__ = ["serve_workers"]
 
@@ -53,30 +51,15 @@ def _die_with_parent(parent_pid: int) -> None:
 def _run_inference(settings: Settings, socket_path: Path, workers: int, parent_pid: int, heartbeat: Heartbeat) -> None:
     _die_with_parent(parent_pid)
     from service.inference.server import serve_inference  # torch: imported only in this process
-    from service.server import configure_logging
 
     configure_logging(settings)
     asyncio.run(serve_inference(settings, socket_path, workers, heartbeat))
 
 
-class BeatingServer(DrainingServer):
-    """Beats on uvicorn's tick (10 a second) while it serves: the event loop is not stuck."""
-
-    def __init__(self, app: FastAPI, settings: Settings, heartbeat: Heartbeat) -> None:
-        super().__init__(app, settings)
-        self.heartbeat = heartbeat
-
-    async def on_tick(self, counter: int) -> bool:
-        should_exit = await super().on_tick(counter)
-        if not should_exit:  # one that failed to start (its gRPC port taken) never beats
-            self.heartbeat.beat()
-        return should_exit
-
-
 def _run_http_worker(settings: Settings, listener: socket.socket, socket_path: Path, parent_pid: int, heartbeat: Heartbeat) -> None:
     _die_with_parent(parent_pid)
-    from service.app import create_app
-    from service.server import configure_logging, raise_open_file_limit
+    from service.app import create_app  # the HTTP stack: imported only in the workers
+    from service.server import BeatingServer, raise_open_file_limit
 
     configure_logging(settings)
     raise_open_file_limit()

@@ -50,3 +50,14 @@ def test_the_core_needs_neither_torch_nor_a_web_framework() -> None:
         "assert not loaded, loaded"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_the_supervisor_needs_neither_torch_nor_the_http_stack() -> None:
+    """``python -m service`` with several workers only starts and watches processes: each child
+    imports what it runs (the inference process torch, the HTTP workers the app)."""
+    code = (
+        "import sys, service.__main__, service.workers, service.supervisor; "
+        "loaded = {'torch', 'fastapi', 'starlette', 'uvicorn', 'numpy', 'PIL'} & {m.split('.')[0] for m in sys.modules}; "
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
