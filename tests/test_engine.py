@@ -26,7 +26,7 @@ from service.handler import DigitClassifier, Images
 from service.inference import engine as engine_module
 from service.inference import loader as loader_module
 from service.inference.engine import Engine
-from service.inference.loader import ServedModel, batch_buckets, check_preprocessing, load_models
+from service.inference.loader import ServedModel, batch_buckets, check_preprocessing, load_models, use_native_convolutions
 from service.metrics import Metrics
 from tests.conftest import WEIGHTS
 
@@ -198,6 +198,21 @@ def test_the_traced_cpu_pass_answers_as_the_eager_one(mnist_test: Digits) -> Non
         model.trace()
         assert model.traced is not None, model.name
         np.testing.assert_allclose(model.forward(images), eager, atol=1e-5)
+
+
+def test_cpu_passes_run_the_native_convolutions_and_answer_as_onednn_does(mnist_test: Digits) -> None:
+    use_native_convolutions(False)
+    served = load_models(WEIGHTS, torch.device("cpu"))
+    assert not torch.backends.mkldnn.enabled  # process-wide: every later pass, traced or eager
+    images = (mnist_test.images[:32, None].numpy() / 255).astype(np.float32)
+    for model in served.values():
+        native = model.forward(images)
+        use_native_convolutions(False)
+        try:
+            onednn = model.forward(images)
+        finally:
+            use_native_convolutions()
+        np.testing.assert_allclose(native, onednn, atol=1e-5, err_msg=model.name)
 
 
 def test_a_failed_trace_leaves_the_model_on_eager_passes(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:

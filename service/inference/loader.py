@@ -197,6 +197,8 @@ def device_failure(device: torch.device) -> str | None:
 
 
 def load_models(weights_dir: Path, device: torch.device, threads: int = 1) -> dict[str, ServedModel]:
+    if device.type == "cpu":
+        use_native_convolutions()
     members = {name: load_classifier(weights_dir, name) for name in ARCHITECTURES}
     served = {
         name: ServedModel(name, module.to(device), meta, device, f"{name}.pt", meta["sha256"], threads)
@@ -212,6 +214,21 @@ def load_models(weights_dir: Path, device: torch.device, threads: int = 1) -> di
         log.info("loaded %s on %s (%s)", model.name, device, model.sha256 or "members " + ", ".join(meta["members"]))
         check_preprocessing(model.name, model.metadata)
     return served
+
+
+def use_native_convolutions(native: bool = True) -> None:
+    """CPU passes run PyTorch's own convolution kernels, not oneDNN's (a process-wide switch;
+    ``native=False`` turns oneDNN back on, to compare).
+
+    oneDNN compiles and caches kernels for every input shape it meets, and dynamic batching
+    makes up to ``max_batch_size`` shapes per model: after one pass of every size from 1 to
+    128 through the three models, a process held 703-756 MB with oneDNN and 365 MB without
+    (torch's CPU build), so a long-running server would grow by the load's variety of batch
+    sizes. The native kernels also run a batch of 1 1.5-1.7x faster; from a batch of 8 up
+    oneDNN's are faster, up to 1.6x for the residual net at 128 (``python -m bench.kernels``,
+    bench/results/kernels-2core.json).
+    """
+    torch.backends.mkldnn.enabled = not native  # type: ignore[assignment]  # a ContextProp in torch's stubs, a bool here
 
 
 def check_preprocessing(name: str, metadata: dict[str, Any]) -> bool:
