@@ -222,7 +222,7 @@ def use_native_convolutions(native: bool = True) -> None:
 
     oneDNN compiles and caches kernels for every input shape it meets, and dynamic batching
     makes up to ``max_batch_size`` shapes per model: after one pass of every size from 1 to
-    128 through the three models, a process held 703-756 MB with oneDNN and 365 MB without
+    128 through the three models, a process held 658-800 MB with oneDNN and 355-361 MB without
     (torch's CPU build), so a long-running server would grow by the load's variety of batch
     sizes. The native kernels also run a batch of 1 1.5-1.7x faster; from a batch of 8 up
     oneDNN's are faster, up to 1.6x for the residual net at 128 (``python -m bench.kernels``,
