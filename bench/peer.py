@@ -73,7 +73,9 @@ class DigitsAPI(ls.LitAPI):  # type: ignore[misc]
         self.settings = settings
 
     def setup(self, device: str) -> None:
-        models = load_models(self.settings.weights_dir, torch.device("cpu"), self.settings.inference_threads())
+        models = load_models(
+            self.settings.weights_dir, torch.device("cpu"), self.settings.inference_threads(), self.settings.batch_limit("cpu")
+        )
         self.model: ServedModel = models[self.model_name]
         self.model.trace()  # the traced pass, as this service's engine runs it
 
@@ -119,7 +121,7 @@ def serve_triton(model_name: str, workers: int, max_queue_delay_us: int) -> None
     from pytriton.triton import Triton, TritonConfig
 
     settings = Settings(workers=workers)
-    model = load_models(settings.weights_dir, torch.device("cpu"), settings.inference_threads())[model_name]
+    model = load_models(settings.weights_dir, torch.device("cpu"), settings.inference_threads(), settings.batch_limit("cpu"))[model_name]
     model.trace()  # the traced pass, as this service's engine runs it
 
     @batch  # type: ignore[untyped-decorator]

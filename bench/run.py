@@ -423,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = settings.inference_threads()
     device = select_device(settings.device)
     print(f"in-process limit on {device} with {threads} torch threads (one worker's server) ...", flush=True)
-    served = load_models(args.weights_dir, device, threads)
+    served = load_models(args.weights_dir, device, threads, settings.batch_limit(device.type))  # the engine's kernels
     inputs = test_images[: max(BATCH_SIZES), None].astype(np.float32) / 255
     measured = [served[m] for m in plan.models]
     for served_model in measured:

@@ -26,7 +26,7 @@ from service.handler import DigitClassifier, Images
 from service.inference import engine as engine_module
 from service.inference import loader as loader_module
 from service.inference.engine import Engine
-from service.inference.loader import ServedModel, batch_buckets, check_preprocessing, load_models, use_native_convolutions
+from service.inference.loader import ServedModel, batch_buckets, check_preprocessing, load_models
 from service.metrics import Metrics
 from tests.conftest import WEIGHTS
 
@@ -200,19 +200,26 @@ def test_the_traced_cpu_pass_answers_as_the_eager_one(mnist_test: Digits) -> Non
         np.testing.assert_allclose(model.forward(images), eager, atol=1e-5)
 
 
-def test_cpu_passes_run_the_native_convolutions_and_answer_as_onednn_does(mnist_test: Digits) -> None:
-    use_native_convolutions(False)
-    served = load_models(WEIGHTS, torch.device("cpu"))
-    assert not torch.backends.mkldnn.enabled  # process-wide: every later pass, traced or eager
+ONEDNN = "aten::mkldnn_convolution"
+NATIVE = {"aten::_slow_conv2d_forward", "aten::_nnpack_spatial_convolution"}  # PyTorch's own, by batch size
+
+
+def _convolution_kernels(model: ServedModel, images: np.ndarray) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        model.forward(images)
+    return {event.key for event in profiler.key_averages()} & {ONEDNN, *NATIVE}
+
+
+def test_cpu_passes_run_onednn_for_full_batches_only_and_answer_alike(mnist_test: Digits) -> None:
+    served = load_models(WEIGHTS, torch.device("cpu"), onednn_from=32)
     images = (mnist_test.images[:32, None].numpy() / 255).astype(np.float32)
     for model in served.values():
-        native = model.forward(images)
-        use_native_convolutions(False)
-        try:
-            onednn = model.forward(images)
-        finally:
-            use_native_convolutions()
-        np.testing.assert_allclose(native, onednn, atol=1e-5, err_msg=model.name)
+        model.trace()
+        assert _convolution_kernels(model, images) == {ONEDNN}, model.name
+        for size in (1, 31):
+            kernels = _convolution_kernels(model, images[:size])
+            assert kernels and kernels <= NATIVE, (model.name, size, kernels)
+        np.testing.assert_allclose(model.forward(images)[:31], model.forward(images[:31]), atol=1e-5, err_msg=model.name)
 
 
 def test_a_failed_trace_leaves_the_model_on_eager_passes(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:

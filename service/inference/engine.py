@@ -70,7 +70,7 @@ class Engine:
             ThreadPoolExecutor(max_workers=self._spare_passes, thread_name_prefix="inference-spare") if self._spare_passes else None
         )
         self.models: dict[str, ServedModel] = self._executor.submit(
-            load_models, settings.weights_dir, self.device, settings.inference_threads()
+            load_models, settings.weights_dir, self.device, settings.inference_threads(), self.max_batch_size
         ).result()
         self.batchers: dict[str, DynamicBatcher] = {}
         self.unloaded: set[str] = set()
@@ -155,7 +155,7 @@ class Engine:
     def _candidate(self) -> dict[str, ServedModel]:
         """On the inference thread: the weights on disk, loaded, warmed and smoke-checked."""
         try:
-            candidate = load_models(self.settings.weights_dir, self.device, self.settings.inference_threads())
+            candidate = load_models(self.settings.weights_dir, self.device, self.settings.inference_threads(), self.max_batch_size)
         except CheckpointError as exc:
             raise LoadRefused(str(exc)) from None
         self._warm(candidate)

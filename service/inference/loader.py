@@ -135,6 +135,7 @@ class ServedModel:
     weights_file: str | None
     sha256: str | None
     threads: int = 1  # torch intra-op threads on the CPU
+    onednn_from: int | None = None  # on the CPU, passes of at least this many images run oneDNN's kernels
     graphs: CudaGraphs | None = field(default=None, repr=False)
     traced: torch.jit.ScriptModule | None = field(default=None, repr=False)
 
@@ -171,6 +172,10 @@ class ServedModel:
         if self.graphs is not None:
             return self.graphs(images)
         torch.set_num_threads(threads or self.threads)  # OpenMP keeps this per calling thread: set it where the pass runs
+        if self.onednn_from is not None:
+            # Process-wide, but the passes that run at once are a main pass and spare ones beside
+            # it, all full batches; either kernel computes the same outputs (within 1e-5).
+            use_native_convolutions(len(images) < self.onednn_from)
         with torch.inference_mode():
             batch = torch.from_numpy(np.require(images, np.float32, ["C", "W"])).to(self.device, non_blocking=True)
             if self.traced is not None:
@@ -196,12 +201,17 @@ def device_failure(device: torch.device) -> str | None:
     return None
 
 
-def load_models(weights_dir: Path, device: torch.device, threads: int = 1) -> dict[str, ServedModel]:
+def load_models(weights_dir: Path, device: torch.device, threads: int = 1, onednn_from: int | None = None) -> dict[str, ServedModel]:
+    """The served models on ``device``; on the CPU their passes run the native convolution kernels,
+    and with ``onednn_from`` (the engine gives its batch limit) passes of that many images or
+    more run oneDNN's (``use_native_convolutions``)."""
     if device.type == "cpu":
         use_native_convolutions()
+    else:
+        onednn_from = None
     members = {name: load_classifier(weights_dir, name) for name in ARCHITECTURES}
     served = {
-        name: ServedModel(name, module.to(device), meta, device, f"{name}.pt", meta["sha256"], threads)
+        name: ServedModel(name, module.to(device), meta, device, f"{name}.pt", meta["sha256"], threads, onednn_from)
         for name, (module, meta) in members.items()
     }
     ensemble, meta = load_ensemble(
@@ -209,7 +219,7 @@ def load_models(weights_dir: Path, device: torch.device, threads: int = 1) -> di
         {name: model.module for name, model in served.items()},
         {name: model.sha256 for name, model in served.items() if model.sha256},
     )
-    served[ENSEMBLE] = ServedModel(ENSEMBLE, ensemble.to(device), meta, device, None, None, threads)
+    served[ENSEMBLE] = ServedModel(ENSEMBLE, ensemble.to(device), meta, device, None, None, threads, onednn_from)
     for model in served.values():
         log.info("loaded %s on %s (%s)", model.name, device, model.sha256 or "members " + ", ".join(meta["members"]))
         check_preprocessing(model.name, model.metadata)
@@ -218,15 +228,16 @@ def load_models(weights_dir: Path, device: torch.device, threads: int = 1) -> di
 
 def use_native_convolutions(native: bool = True) -> None:
     """CPU passes run PyTorch's own convolution kernels, not oneDNN's (a process-wide switch;
-    ``native=False`` turns oneDNN back on, to compare).
+    ``native=False`` turns oneDNN on).
 
     oneDNN compiles and caches kernels for every input shape it meets, and dynamic batching
     makes up to ``max_batch_size`` shapes per model: after one pass of every size from 1 to
     128 through the three models, a process held 658-800 MB with oneDNN and 355-361 MB without
-    (torch's CPU build), so a long-running server would grow by the load's variety of batch
-    sizes. The native kernels also run a batch of 1 1.5-1.7x faster; from a batch of 8 up
-    oneDNN's are faster, up to 1.6x for the residual net at 128 (``python -m bench.kernels``,
-    bench/results/kernels-2core.json).
+    (torch's CPU build), so a long-running server would grow with the variety of its batch
+    sizes. The native kernels run a batch of 1 1.5-1.7x faster; from a batch of 8 up oneDNN's
+    are faster, up to 1.6x for the residual net at 128 (``python -m bench.kernels``,
+    bench/results/kernels-2core.json). So the engine runs full batches, one shape per model,
+    on oneDNN (``ServedModel.onednn_from``) and every other size on the native kernels.
     """
     torch.backends.mkldnn.enabled = not native  # type: ignore[assignment]  # a ContextProp in torch's stubs, a bool here
 
