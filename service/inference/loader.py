@@ -173,8 +173,8 @@ class ServedModel:
             return self.graphs(images)
         torch.set_num_threads(threads or self.threads)  # OpenMP keeps this per calling thread: set it where the pass runs
         if self.onednn_from is not None:
-            # Process-wide, but the passes that run at once are a main pass and spare ones beside
-            # it, all full batches; either kernel computes the same outputs (within 1e-5).
+            # Process-wide: a pass beside one of another size (a spare pass runs beside the inference
+            # thread's) may run some operators on the other kernels; both compute the same outputs.
             use_native_convolutions(len(images) < self.onednn_from)
         with torch.inference_mode():
             batch = torch.from_numpy(np.require(images, np.float32, ["C", "W"])).to(self.device, non_blocking=True)
