@@ -14,7 +14,6 @@ compiles and caches a kernel for every input shape it meets.
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 
 from bench.server import ROOT, describe_machine
@@ -35,7 +35,7 @@ SIDES = {"native": False, "onednn": True}  # side -> torch.backends.mkldnn.enabl
 
 
 def _resident_mb() -> float:
-    return int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024  # type: ignore[union-attr]
+    return float(psutil.Process().memory_info().rss) / 2**20
 
 
 def measure(weights_dir: Path, data_dir: Path, onednn: bool, batches: list[int], max_batch: int) -> dict[str, Any]:
